@@ -1,0 +1,120 @@
+"""Opening images safely and the ONE eval transform used by the Predictor and training validation.
+
+`prepare` is split from `to_tensor` so training can put its random augmentation between the two and
+still share every deterministic step (orientation, colour mode, resize, crop, normalisation) with the
+Space: train and serve cannot drift.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageInput = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # JPEG includes phones' MPO files
+# Our own cap, far below Pillow's (~179 MP, and only a warning below that): a dermoscopic photo is a
+# few MP, while a 12 KB PNG can declare 100 MP and make the server decode all of them.
+MAX_PIXELS = 40_000_000
+MIN_SIDE = 8
+
+
+class ImageError(ValueError):
+    """An input that is not an image we can score; the message is meant for the person who sent it."""
+
+
+def open_image(source: ImageInput) -> Image.Image:
+    """Open `source` as an RGB PIL image, refusing anything outside the allow-list or the pixel cap.
+
+    Format and size come from the header, before any pixel is decoded. EXIF orientation is applied,
+    the first frame of animations/multi-page files is used, and every mode (L, I;16, CMYK, P with
+    transparency, RGBA, ...) becomes 8-bit RGB.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = Image.fromarray(source)
+    else:
+        if isinstance(source, bytes):
+            if not source:
+                raise ImageError("The file is empty (0 bytes).")
+            source = io.BytesIO(source)
+        elif isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.is_file():
+                raise ImageError(f"No image file at {path.name!r}.")
+            if path.stat().st_size == 0:
+                raise ImageError("The file is empty (0 bytes).")
+        try:
+            image = Image.open(source, formats=ALLOWED_FORMATS)
+        except UnidentifiedImageError:
+            raise ImageError(
+                "This file is not an image we can read; upload a JPEG, PNG, WebP, BMP, TIFF or GIF."
+            ) from None
+        except Image.DecompressionBombError:
+            raise ImageError(f"The image is too large; the limit is {MAX_PIXELS // 1_000_000} megapixels.") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"The image is {width}×{height} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"The image is {width}×{height} pixels; it must be at least {MIN_SIDE} pixels a side.")
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        raise ImageError(f"The image file is damaged or truncated and cannot be decoded ({err}).") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGB. Transparent areas become white; 16/32-bit greyscale is rescaled."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def prepare(image: Image.Image, size: int) -> np.ndarray:
+    """Resize the shorter side to `size` (bicubic) and centre-crop a square: uint8 array (size, size, 3).
+
+    A crop, not a squash: lesion shape (asymmetry, border) is a melanoma cue that squashing a 4:3
+    HAM10000 photo would distort, and dermoscopy centres the lesion.
+    """
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def to_tensor(array: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (H, W, 3) → float32 (3, H, W), normalised with the backbone's mean/std."""
+    tensor = torch.from_numpy(np.array(array, dtype=np.uint8, copy=not array.flags.writeable)).permute(2, 0, 1).float().div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return tensor.sub_(mean_t).div_(std_t)
+
+
+def eval_transform(image: Image.Image, size: int, mean: list[float], std: list[float]) -> torch.Tensor:
+    """The eval transform: an opened RGB image → normalised (3, size, size) tensor."""
+    return to_tensor(prepare(image, size), mean, std)

@@ -1,0 +1,140 @@
+"""The fused melanoma model: a timm image encoder + a metadata MLP, concatenated, one linear head.
+
+One head over the HAM10000 diagnoses plus a benign-unspecified class (ISIC 2020's "unknown" benign
+rows) serves both data sets with one softmax: melanoma probability is p(mel), malignant probability
+is p(mel) + p(bcc) + p(akiec). Every constructor argument is a plain JSON value, so the `config.json`
+that `PyTorchModelHubMixin` writes rebuilds the model exactly; building never downloads ImageNet
+weights (training loads them once with `inference.backbone.load_backbone_weights`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from safetensors.torch import load_model
+from torch import nn
+
+from .backbone import create_backbone
+from .metadata import ENCODING_VERSION, META_DIM
+
+CLASSES: tuple[str, ...] = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc", "benign_unspecified")
+CLASS_NAMES = {
+    "mel": "Melanoma",
+    "nv": "Melanocytic nevus",
+    "bcc": "Basal cell carcinoma",
+    "akiec": "Actinic keratosis / intraepithelial carcinoma",
+    "bkl": "Benign keratosis-like lesion",
+    "df": "Dermatofibroma",
+    "vasc": "Vascular lesion",
+    "benign_unspecified": "Benign lesion, type unspecified",
+}
+MALIGNANT: tuple[str, ...] = ("mel", "bcc", "akiec")
+WEIGHTS_NAME = "model.safetensors"
+
+
+class MelanomaModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="melanoma-triage",
+    license="cc-by-nc-4.0",
+    tags=["image-classification", "dermatology", "melanoma", "timm"],
+):
+    """Image + metadata → logits over `classes`.
+
+    Args:
+        backbone: timm architecture name, e.g. ``tf_efficientnet_lite0``.
+        image_size: square input side the model was trained at (the eval transform reads it).
+        mean, std: per-channel normalisation of the backbone's pretraining.
+        classes: output classes; must be `CLASSES` for the probability helpers to apply.
+        meta_hidden: width of the metadata MLP; 0 turns metadata off (an image-only model).
+        dropout: dropout before the head.
+        temperature: logits are divided by it before the softmax (fitted after training).
+        metadata_encoding: version tag of `inference.metadata.encode`, checked at load time.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        image_size: int = 224,
+        mean: list[float] = (0.5, 0.5, 0.5),
+        std: list[float] = (0.5, 0.5, 0.5),
+        classes: list[str] = CLASSES,
+        meta_hidden: int = 32,
+        dropout: float = 0.3,
+        temperature: float = 1.0,
+        metadata_encoding: str = ENCODING_VERSION,
+    ) -> None:
+        super().__init__()
+        if metadata_encoding != ENCODING_VERSION:
+            raise ValueError(
+                f"Model expects metadata encoding {metadata_encoding!r}, this code has {ENCODING_VERSION!r}; "
+                "install the project version the model was trained with."
+            )
+        if tuple(classes) != CLASSES:
+            raise ValueError(f"classes must be {list(CLASSES)}, got {list(classes)}.")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature}.")
+        self.backbone_name = backbone
+        self.image_size = int(image_size)
+        self.mean, self.std = [float(x) for x in mean], [float(x) for x in std]
+        self.classes = tuple(classes)
+        self.backbone = create_backbone(backbone)
+        self.meta = (
+            nn.Sequential(nn.Linear(META_DIM, meta_hidden), nn.SiLU(), nn.Linear(meta_hidden, meta_hidden), nn.SiLU())
+            if meta_hidden
+            else None
+        )
+        self.head = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(self.backbone.num_features + meta_hidden, len(self.classes))
+        )
+
+    @property
+    def config(self) -> dict:
+        """The JSON config `save_pretrained` writes (and `from_pretrained` rebuilds from)."""
+        return dict(self._hub_mixin_config)
+
+    @property
+    def temperature(self) -> float:
+        return float(self._hub_mixin_config["temperature"])
+
+    def set_temperature(self, value: float) -> None:
+        """Store a fitted calibration temperature in the config that is saved with the weights."""
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"temperature must be a positive number, got {value}.")
+        self._hub_mixin_config["temperature"] = float(value)
+
+    @property
+    def uses_metadata(self) -> bool:
+        return self.meta is not None
+
+    def forward_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Backbone feature map (B, C, H, W); Grad-CAM differentiates the logits against it."""
+        return self.backbone.forward_features(image)
+
+    def forward_head(self, features: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        pooled = self.backbone.forward_head(features, pre_logits=True)
+        if self.meta is not None:
+            pooled = torch.cat([pooled, self.meta(meta)], dim=1)
+        return self.head(pooled)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        """Raw (uncalibrated) logits of shape (B, len(classes))."""
+        return self.forward_head(self.forward_features(image), meta)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = True, **kwargs):
+        """Called by `from_pretrained` with the config values: safetensors only, strict by default."""
+        hub_args = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "force_download", "local_files_only", "token")}
+        folder = Path(model_id)
+        weights = folder / WEIGHTS_NAME if folder.is_dir() else Path(hf_hub_download(model_id, WEIGHTS_NAME, **hub_args))
+        model = cls(**kwargs)
+        load_model(model, str(weights), strict=strict, device=map_location)
+        return model.eval()
+
+
+def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Calibrated class probabilities: softmax(logits / temperature), in float32."""
+    return torch.softmax(logits.float() / temperature, dim=-1)

@@ -1,0 +1,52 @@
+"""Dependencies point one way: app.py → inference ← train."""
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FORBIDDEN_IN_INFERENCE = {"train", "albumentations", "accelerate", "sklearn", "matplotlib"}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_inference_imports_neither_train_nor_training_libraries():
+    files = list((REPO / "inference").rglob("*.py"))
+    assert files
+    for path in files:
+        assert not _imports(path) & FORBIDDEN_IN_INFERENCE, path
+
+
+def test_app_imports_only_inference_from_the_project():
+    app = REPO / "app.py"
+    if app.exists():
+        assert "train" not in _imports(app)
+
+
+def test_nothing_loads_pickles_unsafely():
+    for path in REPO.rglob("*.py"):
+        if ".venv" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and \
+                    getattr(node.func.value, "id", None) == "torch":
+                assert any(k.arg == "weights_only" and getattr(k.value, "value", None) is True
+                           for k in node.keywords), f"{path}:{node.lineno} torch.load without weights_only=True"
+
+
+def test_importing_inference_pulls_in_no_training_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, inference, inference.predict, inference.hub\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            f"{sorted(FORBIDDEN_IN_INFERENCE)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

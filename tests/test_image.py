@@ -1,0 +1,124 @@
+"""The eval transform and safe image opening, on real images and on awkward files built here."""
+
+import io
+import time
+import zlib
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inference.image import MAX_PIXELS, ImageError, eval_transform, open_image, prepare
+
+
+def _png_bomb(side: int) -> bytes:
+    """A valid PNG header declaring side×side pixels, with a few KB of compressed zeros."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    rows = zlib.compress(b"\x00" * (side + 1) * 64, 9)  # only the first rows; enough to be a real stream
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_real_images_become_normalised_square_tensors(isic_rows, ham_rows):
+    for path in (isic_rows.path[0], ham_rows.path[0]):  # 256×256 and 200×150
+        x = eval_transform(open_image(path), 96, [0.5] * 3, [0.5] * 3)
+        assert x.shape == (3, 96, 96) and x.dtype.is_floating_point
+        assert -1.0 <= x.min() < x.max() <= 1.0
+
+
+def test_prepare_centre_crops_instead_of_squashing():
+    wide = Image.new("RGB", (400, 300), "white")
+    wide.paste((255, 0, 0), (0, 0, 50, 300))  # red strip at the far left is cropped away
+    out = prepare(wide, 60)
+    assert out.shape == (60, 60, 3) and (out[:, :, 1] > 200).all()
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    data = _png_bomb(30_000)
+    assert len(data) < 20_000
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match="megapixels"):
+        open_image(data)
+    assert time.perf_counter() - start < 1.0  # 900 MP were never decoded
+    assert 30_000 * 30_000 > MAX_PIXELS
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"", "empty"),
+        (b"hello, this is text named .jpg\n", "not an image"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "not an image"),
+        (b"%PDF-1.4\n1 0 obj<<>>endobj\n", "not an image"),
+    ],
+)
+def test_non_images_are_refused(payload, message):
+    with pytest.raises(ImageError, match=message):
+        open_image(payload)
+
+
+def test_empty_and_truncated_files(tmp_path, isic_rows):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty"):
+        open_image(empty)
+    data = open(isic_rows.path[0], "rb").read()
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ImageError, match="damaged or truncated"):
+        open_image(truncated)
+
+
+def test_tiny_image_is_refused():
+    with pytest.raises(ImageError, match="at least"):
+        open_image(_encode(Image.new("RGB", (1, 1)), "PNG"))
+
+
+def test_every_mode_becomes_rgb(isic_rows):
+    rgb = Image.open(isic_rows.path[0]).convert("RGB")
+    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
+    assert grey16.mode.startswith("I;16")
+    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE)
+    palette.info["transparency"] = 0
+    cases = {
+        "L": _encode(rgb.convert("L"), "PNG"),
+        "I;16": _encode(grey16, "PNG"),
+        "CMYK": _encode(rgb.convert("CMYK"), "JPEG"),
+        "P+transparency": _encode(palette, "PNG", transparency=0),
+        "RGBA": _encode(rgb.convert("RGBA"), "PNG"),
+        "WEBP": _encode(rgb, "WEBP"),
+        "BMP": _encode(rgb, "BMP"),
+    }
+    for name, data in cases.items():
+        image = open_image(data)
+        assert image.mode == "RGB" and image.size == rgb.size, name
+    # 16-bit greyscale keeps its contrast instead of clipping to white
+    grey = np.asarray(open_image(cases["I;16"]))[..., 0].astype(int)
+    assert abs(grey.mean() - np.asarray(rgb.convert("L")).mean()) < 2
+
+
+def test_animation_and_multipage_use_the_first_frame(isic_rows):
+    first = Image.open(isic_rows.path[0]).convert("RGB")
+    second = Image.open(isic_rows.path[1]).convert("RGB")
+    tiff = _encode(first, "TIFF", save_all=True, append_images=[second])
+    assert np.array_equal(np.asarray(open_image(tiff)), np.asarray(first))
+    gif = _encode(first.quantize(), "GIF", save_all=True, append_images=[second.quantize()])
+    assert np.array_equal(np.asarray(open_image(gif)), np.asarray(first.quantize().convert("RGB")))
+
+
+def test_exif_orientation_is_applied(isic_rows):
+    upright = Image.open(isic_rows.path[0]).convert("RGB").crop((0, 0, 256, 192))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # how a camera stores a portrait shot
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    opened = open_image(_encode(stored, "PNG", exif=exif))
+    assert opened.size == upright.size
+    assert np.abs(np.asarray(opened, dtype=int) - np.asarray(upright, dtype=int)).mean() < 1
