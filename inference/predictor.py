@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import metadata as md
@@ -17,6 +18,8 @@ from .device import pick_device
 from .hub import resolve
 from .image import ImageInput, eval_transform, open_image
 from .model import MALIGNANT, MelanomaModel, probabilities
+from .onnx_backend import ONNX_NAME, OnnxLogits
+from .onnx_backend import available as onnx_available
 
 
 def dihedral_views(images: torch.Tensor) -> torch.Tensor:
@@ -35,17 +38,39 @@ class Predictor:
     """Scores dermoscopic images with patient metadata using a `MelanomaModel`."""
 
     def __init__(self, model: MelanomaModel, model_id: str = "local", revision: str | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, onnx_path: str | Path | None = None) -> None:
+        """`onnx_path` (CPU only) makes onnxruntime compute the logits; the torch model stays loaded
+        for its config and for Grad-CAM explanations."""
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.model_id, self.revision = model_id, revision
+        if onnx_path is not None and self.device.type != "cpu":
+            raise ValueError("The onnxruntime backend runs on the CPU; use backend='torch' on CUDA.")
+        self.onnx = OnnxLogits(onnx_path) if onnx_path is not None else None
+
+    @property
+    def backend(self) -> str:
+        return "onnxruntime" if self.onnx is not None else "torch"
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, revision: str | None = None, device: str | None = None) -> "Predictor":
-        """Load from a local folder, a Hub repo id, or 'repo_id@revision' (offline: the HF cache)."""
+    def from_pretrained(cls, source: str | Path, revision: str | None = None, device: str | None = None,
+                        backend: str = "auto") -> "Predictor":
+        """Load from a local folder, a Hub repo id, or 'repo_id@revision' (offline: the HF cache).
+
+        backend: 'auto' (onnxruntime on CPU when the model has a model.onnx, else torch), 'onnx' or 'torch'.
+        """
+        if backend not in ("auto", "onnx", "torch"):
+            raise ValueError(f"backend must be 'auto', 'onnx' or 'torch', got {backend!r}.")
         resolved = resolve(source, revision)
         model = MelanomaModel.from_pretrained(str(resolved.folder))
-        return cls(model, model_id=resolved.model_id, revision=resolved.revision, device=device)
+        onnx_file = resolved.folder / ONNX_NAME
+        if backend == "onnx" and not onnx_file.is_file():
+            raise FileNotFoundError(f"{resolved.model_id} has no {ONNX_NAME}; use backend='torch' or export one.")
+        use_onnx = backend == "onnx" or (
+            backend == "auto" and onnx_file.is_file() and pick_device(device).type == "cpu" and onnx_available()
+        )
+        return cls(model, model_id=resolved.model_id, revision=resolved.revision, device=device,
+                   onnx_path=onnx_file if use_onnx else None)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -63,7 +88,8 @@ class Predictor:
         batch = images.shape[0]
         if tta:
             images, meta = dihedral_views(images), meta.repeat(8, 1)
-        probs = probabilities(self.model(images, meta), self.model.temperature)
+        logits = self.onnx(images, meta) if self.onnx is not None else self.model(images, meta)
+        probs = probabilities(logits, self.model.temperature)
         return probs.view(-1, batch, probs.shape[-1]).mean(dim=0).cpu()
 
     def _answer(self, probs: torch.Tensor, meta: md.Metadata, tta: bool) -> dict[str, Any]:
@@ -76,6 +102,7 @@ class Predictor:
             "tta": tta,
             "model_id": self.model_id,
             "model_revision": self.revision,
+            "backend": self.backend,
         }
 
     def predict(self, image: ImageInput, age: Any = None, sex: Any = None, site: Any = None,
@@ -108,8 +135,10 @@ class Predictor:
         answers: list[dict[str, Any]] = []
         for start in range(0, n, batch_size):
             chunk = range(start, min(start + batch_size, n))
-            pixels = torch.stack([self.image_tensor(images[i]) for i in chunk])
-            encoded = torch.stack([md.encode(metas[i]) for i in chunk])
+            # Batches are assembled in NumPy: torch.stack wakes torch's thread pool for a plain copy,
+            # which costs milliseconds per request on a busy 2-core Space.
+            pixels = torch.from_numpy(np.stack([self.image_tensor(images[i]).numpy() for i in chunk]))
+            encoded = torch.from_numpy(np.stack([md.encode(metas[i]).numpy() for i in chunk]))
             probs = self.probabilities(pixels, encoded, tta=tta)
             answers += [self._answer(p, metas[i], tta) for p, i in zip(probs, chunk)]
             if progress is not None:

@@ -1,0 +1,42 @@
+"""onnxruntime backend: the same logits as the torch model, 2–3× faster on a CPU Space.
+
+`train.onnx_export` writes `model.onnx` beside `model.safetensors` with inputs `image` (B, 3, S, S)
+and `meta` (B, META_DIM) and output `logits` (B, n_classes), batch dimension dynamic. Calibration
+(temperature, softmax) stays in `inference.model.probabilities`, shared by both backends.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+ONNX_NAME = "model.onnx"
+
+
+def available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OnnxLogits:
+    """Callable (images, meta) → logits tensor, backed by one thread-safe onnxruntime session."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # One intra-op pool sized like torch's (the Space's cores); requests run side by side safely.
+        options.intra_op_num_threads = threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = Path(path)
+
+    def __call__(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        feeds = {"image": images.detach().cpu().float().numpy(), "meta": meta.detach().cpu().float().numpy()}
+        return torch.from_numpy(self.session.run(["logits"], feeds)[0])
