@@ -75,14 +75,20 @@ def overlay(rgb: np.ndarray, heat: np.ndarray, strength: float = 0.65) -> np.nda
 
 
 def explain(predictor: Any, image: ImageInput, age: Any = None, sex: Any = None, site: Any = None,
-            target: str = "mel") -> tuple[np.ndarray, np.ndarray]:
+            target: str = "mel", display_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of `target` (default melanoma) for one input, as the Predictor would see it.
 
-    Returns (overlay uint8 (S, S, 3) on the model's centre crop, heat float32 (S, S) in [0, 1]).
-    Raises ValueError / `ImageError` for bad input, like `Predictor.predict`.
+    Returns (overlay uint8 (D, D, 3), heat float32 (D, D) in [0, 1]) on the model's centre crop, where
+    D is `display_size` (the same crop, resampled: sharper than enlarging a small overlay) or else
+    the model's input size. Raises ValueError / `ImageError` for bad input, like `Predictor.predict`.
     """
     model = predictor.model
     meta = encode(normalize(age, sex, site))
-    rgb = prepare(open_image(image), model.image_size)
-    heat = grad_cam(model, to_tensor(rgb, model.mean, model.std), meta, model.classes.index(target)).numpy()
-    return overlay(rgb, heat), heat
+    opened = open_image(image)
+    heat = grad_cam(model, to_tensor(prepare(opened, model.image_size), model.mean, model.std), meta,
+                    model.classes.index(target))
+    size = display_size or model.image_size
+    if size != model.image_size:
+        heat = F.interpolate(heat[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    heat = heat.clamp(0.0, 1.0).numpy()
+    return overlay(prepare(opened, size), heat), heat

@@ -1,0 +1,143 @@
+"""The Space as a person uses it: `python app.py` (the Space's own entry point) in a subprocess, driven by
+Debian's chromium through playwright. Saves screenshots under output/test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from inference import CLASS_NAMES, Predictor
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "output" / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+MARK = "secret-patient"  # in every uploaded file name; must not appear in the server's output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def space(tiny_model_dir, tmp_path_factory):
+    """`python app.py` with MELANOMA_MODEL set, as on the Space; yields (url, path of its output log)."""
+    folder = tmp_path_factory.mktemp("space")
+    port = free_port()
+    env = {**os.environ, "MELANOMA_MODEL": str(tiny_model_dir), "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_TEMP_DIR": str(folder / "uploads"),
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log_path = folder / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=folder, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"app.py exited: {log_path.read_text()}"
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"app.py did not start: {log_path.read_text()}"
+            time.sleep(0.5)
+        yield url, log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert Path(CHROMIUM).exists(), "install Debian's chromium: apt-get install -y chromium"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def upload(page, path: Path) -> None:
+    """Choose a file in the image input and wait until the upload finished (the preview points at it)."""
+    page.locator("#input-image input[type=file]").set_input_files(str(path))
+    page.locator(f'#input-image img[src*="{path.name}"]').wait_for(state="attached", timeout=30_000)
+
+
+def test_visitor_scores_an_upload_sees_the_heat_map_and_errors(space, browser, tiny_model_dir, isic_rows, tmp_path):
+    url, log_path = space
+    row = isic_rows[isic_rows.target == 1].iloc[0]
+    lesion = tmp_path / f"{MARK}-lesion.jpg"
+    shutil.copy(row.path, lesion)
+    expected = Predictor.from_pretrained(tiny_model_dir).predict(row.path, 63, "female", "lower extremity")
+    errors: list[str] = []
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(url)
+    page.get_by_role("button", name="Assess").wait_for(timeout=60_000)
+    assert page.get_by_text("Research demo, not a diagnosis.").is_visible()
+    assert page.get_by_text("fields are treated as unknown").is_visible()
+    assert page.get_by_text(str(tiny_model_dir)).is_visible()  # which model answers
+    age = page.get_by_label("Age in years (0–100)")
+    assert age.input_value() == ""  # blank means unknown (not 0)
+
+    upload(page, lesion)
+    age.fill("63")
+    page.get_by_label("Sex").click()
+    page.get_by_role("option", name="female").click()
+    page.get_by_label("Anatomical site").click()
+    page.get_by_role("option", name="lower extremity").click()
+    page.get_by_role("button", name="Assess").click()
+
+    headline = page.locator("#headline")
+    headline.get_by_text("Melanoma probability:").wait_for(timeout=60_000)
+    shown = re.search(r"Melanoma probability: ([\d.]+)%", headline.inner_text())
+    assert shown and float(shown.group(1)) == pytest.approx(expected["melanoma_probability"] * 100, abs=0.051)
+    number = float(page.locator("#mel-probability input").input_value())
+    assert number == pytest.approx(expected["melanoma_probability"], abs=1e-4)
+    ddx = page.locator("#ddx")
+    top = next(iter(expected["diagnosis"]))
+    ddx.get_by_text(CLASS_NAMES[top]).first.wait_for(timeout=10_000)
+    assert "Malignant" in page.locator("#benign-malignant").inner_text()
+    heat = page.locator("#heat-map img")
+    heat.wait_for(timeout=60_000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=heat.element_handle(), timeout=30_000)
+    assert heat.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [384, 384]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app-scored.png"), full_page=True)
+
+    # A bad upload: the page shows our message, and the old answer is gone.
+    note = tmp_path / f"{MARK}-note.jpg"
+    note.write_text("Dear doctor, please look at the mole on my back.\n")
+    upload(page, note)
+    page.get_by_role("button", name="Assess").click()
+    toast = page.locator(".toast-body").filter(has_text="This file is not an image we can read")
+    toast.wait_for(state="visible", timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "app-error.png"))  # the toast is fixed to the viewport
+    assert "Melanoma probability:" not in headline.inner_text(), headline.inner_text()
+    page.close()
+
+    assert errors == [], errors  # no JavaScript errors on the page
+    log = log_path.read_text()
+    assert MARK not in log and "lower extremity" not in log, log  # nothing about the visitor in the logs

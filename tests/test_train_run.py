@@ -1,0 +1,237 @@
+"""End-to-end training on real data (tiny), resume after SIGKILL, NaN stop, time limit, Hub push.
+
+One uninterrupted CLI run is the reference: it must produce a complete run folder, and the
+interrupted-and-resumed runs must end with exactly its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_helpers import make_subset, run_cli, start_cli, tiny_args
+
+from inference import Predictor
+from inference.model import CLASSES
+
+# Timing values (images/s, seconds) legitimately differ between runs; everything else must not.
+TIMING_KEYS = {"train_images_per_s_mean"}
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory, data_dir):
+    # 39 ISIC melanomas + 60 benign rows and 12 HAM images per diagnosis: ~180 images, both sources.
+    return make_subset(tmp_path_factory.mktemp("subset"), data_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, subset):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    done = run_cli(tiny_args(*subset, out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _metrics(run: Path) -> dict:
+    m = json.loads((run / "metrics.json").read_text())
+    return {k: v for k, v in m.items() if k not in TIMING_KEYS}
+
+
+def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
+    run, done = reference
+    for name in ("config.yaml", "folds.csv", "oof_predictions.csv", "metrics.json", "log.csv"):
+        assert (run / name).is_file(), name
+    model = run / "model"
+    for name in ("config.json", "model.safetensors", "model.onnx", "README.md", "metrics.json", "training_config.yaml",
+                 "roc.png", "reliability.png", "confusion_matrix.png", "training_curves.png"):
+        assert (model / name).is_file() and (model / name).stat().st_size > 0, name
+
+    folds = pd.read_csv(run / "folds.csv")
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    assert len(oof) == len(folds) and oof.image_id.is_unique  # both folds trained: every image scored once
+    assert set(oof.source) == {"isic2020", "ham10000"}
+    assert np.allclose(oof[[f"prob_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=1e-6)
+    # no patient/lesion group in two folds
+    assert (folds.groupby("merged_group").fold.nunique() == 1).all()
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("melanoma_auc", "melanoma_auc_isic2020", "melanoma_auc_ham10000", "melanoma_pauc_above_80_tpr",
+                "sensitivity_at_90_specificity", "sensitivity_at_95_specificity", "malignant_auc",
+                "diagnosis_balanced_accuracy", "diagnosis_weighted_f1", "ece_before_temperature",
+                "ece_after_temperature"):
+        assert metrics[key] is not None and np.isfinite(metrics[key]), key
+    assert 0.0 <= metrics["melanoma_pauc_above_80_tpr"] <= 0.2
+    assert np.asarray(metrics["confusion_matrix"]["counts"]).sum() == len(oof)
+    assert set(metrics["subgroups"]) >= {"sex", "age_band", "site"}
+    assert "not recorded" in metrics["skin_type"]
+    assert metrics["complete"] is True and metrics["folds_trained"] == [0, 1]
+
+    # the temperature fitted on OOF logits is in the saved config, and the Space's Predictor loads the folder
+    config = json.loads((model / "config.json").read_text())
+    assert config["temperature"] == pytest.approx(metrics["temperature"])
+    predictor = Predictor.from_pretrained(model, device="cpu")
+    assert predictor.backend == "onnxruntime"  # model.onnx was exported beside the weights
+    image = pd.read_csv(subset[0] / "train.csv").image_name.iloc[0]
+    answer = predictor.predict(subset[0] / "train" / f"{image}.jpg", age=50, sex="male", site="torso")
+    assert 0.0 <= answer["melanoma_probability"] <= 1.0
+    assert not any(k.startswith("module.") for k in _weights(model))
+
+    card = (model / "README.md").read_text()
+    assert card.startswith("---\nlicense: cc-by-nc-4.0")
+    for text in ("not a medical device", "roc.png", "reliability.png", "confusion_matrix.png",
+                 "training_curves.png", "HAM10000", "ISIC 2020", "non-commercial", "Limitations"):
+        assert text in card, text
+    assert "Traceback" not in done.stderr
+
+
+def test_killed_after_first_epoch_then_resumed_matches_uninterrupted_run(reference, subset, tmp_path):
+    ref_run, _ = reference
+    out = tmp_path / "run"
+    proc = start_cli(tiny_args(*subset, out))
+    marker = out / "fold0" / "states" / "epoch-001" / "COMPLETE"
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), "epoch 1 state never appeared"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+
+    done = run_cli(tiny_args(*subset, out) + ["--resume"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout
+    # Bitwise equal: CPU kernels are deterministic for a fixed thread count, the state restores weights,
+    # AdamW moments, scheduler and RNG streams exactly, and augmentation is seeded by (seed, epoch, row).
+    # So the tightest tolerance holds: exact equality, for weights and for every non-timing metric.
+    ref, got = _weights(ref_run / "model"), _weights(out / "model")
+    assert ref.keys() == got.keys()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert _metrics(out) == _metrics(ref_run)
+
+
+KILL_AFTER_RENAME = """
+import os, signal
+_replace = os.replace
+def _replace_then_die(src, dst, *args, **kwargs):
+    _replace(src, dst, *args, **kwargs)
+    if str(dst).endswith(os.path.join("fold0", "states", "epoch-002")):  # renamed, COMPLETE not yet written
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = _replace_then_die
+"""
+
+
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_complete_one(reference, subset, tmp_path):
+    ref_run, _ = reference
+    out = tmp_path / "run"
+    killed = run_cli(tiny_args(*subset, out), prelude=KILL_AFTER_RENAME)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    states = out / "fold0" / "states"
+    assert (states / "epoch-002").is_dir() and not (states / "epoch-002" / "COMPLETE").exists()
+    assert (states / "epoch-001" / "COMPLETE").is_file()  # the previous complete state is still there
+
+    done = run_cli(tiny_args(*subset, out) + ["--resume"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "removed incomplete state(s) epoch-002" in done.stdout
+    assert "epoch-001 (epoch 1 done)" in done.stdout
+    ref, got = _weights(ref_run / "model"), _weights(out / "model")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+# --- in-process runs: the Hub client is the only thing faked ---------------------------------
+
+class FakeHub:
+    """Stands in for huggingface_hub.HfApi; records what would be uploaded."""
+
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeHub.calls.append(("create_repo", repo_id))
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        FakeHub.calls.append(("upload_folder", repo_id, folder_path, files, kwargs))
+        # what would be uploaded must be loadable as it is
+        Predictor.from_pretrained(folder_path, device="cpu")
+        return types.SimpleNamespace(oid="0123456789abcdef0123456789abcdef01234567")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import train.publish
+
+    FakeHub.calls = []
+    monkeypatch.setattr(train.publish, "HfApi", FakeHub)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    return FakeHub
+
+
+def test_push_uploads_the_complete_model_folder_in_one_commit(fake_hub, subset, tmp_path, capsys):
+    from train.loop import main
+
+    out = tmp_path / "run"
+    # grad_accum 2 and the balanced sampler: the less travelled loop paths, in the same short run
+    args = tiny_args(*subset, out, epochs=1, train_folds="[0]", grad_accum=2, imbalance="balanced_sampler")
+    args += ["--push_to_hub", "someone/melanoma-test"]
+    assert main(args) == 0
+    uploads = [c for c in fake_hub.calls if c[0] == "upload_folder"]
+    assert len(uploads) == 1
+    _, repo, folder, files, _ = uploads[0]
+    assert repo == "someone/melanoma-test" and Path(folder) == out / "model"
+    assert {"config.json", "model.safetensors", "model.onnx", "README.md", "metrics.json", "training_config.yaml", "roc.png",
+            "reliability.png", "confusion_matrix.png", "training_curves.png"} <= set(files)
+    assert "0123456789abcdef0123456789abcdef01234567" in capsys.readouterr().out
+
+
+def test_nan_loss_stops_keeps_last_good_state_and_never_pushes(fake_hub, subset, tmp_path, monkeypatch, capsys):
+    import torch.nn.functional as F
+
+    import train.loop
+    from train.loop import main
+
+    calls = {"n": 0}
+
+    def cross_entropy(*args, **kwargs):  # NaN from the 10th training batch on (epoch 1 has 8-9 batches)
+        loss = F.cross_entropy(*args, **kwargs)
+        if kwargs.get("reduction") == "none":
+            calls["n"] += 1
+            if calls["n"] >= 10:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(train.loop, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
+    out = tmp_path / "run"
+    code = main(tiny_args(*subset, out, train_folds="[0]") + ["--push_to_hub", "someone/melanoma-test"])
+    assert code != 0
+    assert "NaN" in capsys.readouterr().err
+    assert (out / "fold0" / "states" / "epoch-001" / "COMPLETE").is_file()
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+    assert not any(c[0] == "upload_folder" for c in fake_hub.calls)
+
+
+def test_time_limit_stops_cleanly_and_resume_finishes(subset, tmp_path, capsys):
+    from train.loop import EXIT_TIME_LIMIT, main
+
+    out = tmp_path / "run"
+    args = tiny_args(*subset, out, epochs=1, train_folds="[0]")
+    assert main(args + ["--time_limit", "0.001"]) == EXIT_TIME_LIMIT
+    assert "time limit" in capsys.readouterr().out
+    assert not (out / "model").exists()
+    assert main(args + ["--resume"]) == 0
+    assert (out / "model" / "model.safetensors").is_file()

@@ -1,0 +1,43 @@
+"""Push the final model folder to the Hugging Face Hub as ONE commit and return its sha.
+
+Called by the main process only, after a run that finished (or stopped cleanly at --time-limit);
+a failed run raises before reaching it. The folder is checked first: the files the Space needs are
+there and the weights are finite, so a broken model can never become the commit the app pins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+REQUIRED = ("config.json", "model.safetensors", "README.md", "metrics.json")
+
+
+class PushError(RuntimeError):
+    every_rank = False
+
+
+def check_folder(folder: Path) -> None:
+    missing = [name for name in REQUIRED if not (folder / name).is_file()]
+    if missing:
+        raise PushError(f"Not pushing {folder}: missing {', '.join(missing)}.")
+    from inference.model import MelanomaModel
+
+    from .checkpoint import assert_finite
+
+    assert_finite(MelanomaModel.from_pretrained(str(folder)), "push")
+
+
+def push(folder: Path, repo_id: str, token: str, private: bool = False) -> str:
+    """Upload every file in `folder` in one commit; returns the commit sha to pin in the app."""
+    check_folder(folder)
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
+        info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
+                                 commit_message=f"Model from training run {folder.parent.name}")
+    except Exception as err:  # network, auth, quota: one message, the local folder stays as it is
+        raise PushError(f"Push to {repo_id} failed ({err.__class__.__name__}: {err}); "
+                        f"the model is in {folder}.") from None
+    return info.oid
