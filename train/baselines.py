@@ -1,0 +1,168 @@
+"""Metadata-only baselines: how much melanoma signal is in age, sex and site alone.
+
+    python -m train.baselines --run output/default     # the folds of a training run, scored like the model
+    python -m train.baselines --run output/default --blank_metadata   # + the fused model with blank fields
+    python -m train.baselines --isic_csv ../shared/data/isic2020/ISIC_2020_Training_GroundTruth_v2.csv
+
+Both use the model's own encoding (`inference.metadata.encode`), so "metadata-only" means exactly
+the information the fused model's metadata branch sees, and sklearn's HistGradientBoosting, which
+finds age × site interactions a linear model would miss. `--run` reads the run's folds.csv and
+training_config.yaml, fits on the other folds and scores each trained fold with the same metrics as
+the model card. `--isic_csv` cross-validates on the full 33,126-row ISIC 2020 metadata (no images
+needed), grouped by patient, to compare with the ~0.70 metadata-only AUC known from the competition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.model_selection import StratifiedGroupKFold
+
+from inference.metadata import Metadata, encode, normalize
+from inference.model import CLASSES
+
+from . import metrics as M
+from .config import ConfigError, resolve
+from .data import DataError, load_sources
+
+
+def encoded(ages, sexes, sites) -> np.ndarray:
+    """(n, META_DIM) array of the model's metadata encoding; ages may be NaN/None (unknown)."""
+    rows = [Metadata(age=None if pd.isna(a) else float(a), sex=s, site=t) for a, s, t in zip(ages, sexes, sites)]
+    return np.stack([encode(m).numpy() for m in rows])
+
+
+def classifier(seed: int) -> HistGradientBoostingClassifier:
+    # Small and regularised: 12 binary-ish features, a few thousand rows per fold.
+    return HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
+                                          l2_regularization=1.0, random_state=seed)
+
+
+def _run_files(run: Path) -> tuple[Path, Path]:
+    config = next((p for p in (run / "training_config.yaml", run / "model" / "training_config.yaml",
+                               run / "config.yaml") if p.is_file()), None)
+    folds = run / "folds.csv"
+    if config is None or not folds.is_file():
+        raise DataError(f"{run} is not a run folder: it needs folds.csv and training_config.yaml (or config.yaml).")
+    return config, folds
+
+
+def same_folds(run: Path) -> dict:
+    """Metadata-only model on a training run's folds; metrics as in the model card."""
+    config_path, folds_path = _run_files(run)
+    cfg = resolve(["--config", str(config_path)])
+    frame, _ = load_sources(cfg.isic_dirs, cfg.ham_dirs, cfg.isic_duplicates)
+    fold_of = pd.read_csv(folds_path, dtype={"image_id": str}).set_index("image_id")["fold"]
+    frame = frame[frame.image_id.isin(fold_of.index)].reset_index(drop=True)
+    frame["fold"] = fold_of.loc[frame.image_id].to_numpy()
+    x = encoded(frame.age, frame.sex, frame.site)
+    y = frame.label.map(CLASSES.index).to_numpy()
+    parts = []
+    for fold in cfg.folds_to_train:
+        train, val = frame.fold != fold, frame.fold == fold
+        model = classifier(cfg.seed).fit(x[train], y[train])
+        probs = np.full((int(val.sum()), len(CLASSES)), 1e-7)
+        probs[:, model.classes_] = model.predict_proba(x[val])
+        parts.append(pd.DataFrame(np.log(probs / probs.sum(axis=1, keepdims=True)), index=frame.index[val]))
+    oof = pd.concat(parts).sort_index()
+    rows = frame.loc[oof.index]
+    logits, labels = oof.to_numpy(), y[oof.index]
+    temperature = M.fit_temperature(logits, labels)
+    ages = [None if pd.isna(a) else float(a) for a in rows.age]
+    return M.evaluate(logits, labels, rows.source.tolist(), rows.sex.tolist(), ages, rows.site.tolist(), temperature)
+
+
+def blank_metadata(run: Path, batch_size: int = 64) -> dict:
+    """The run's published model scored on its validation folds with every metadata field unknown:
+    what a visitor who fills in nothing gets. Same rows and metrics as the model card."""
+    from tqdm.auto import tqdm
+
+    from inference import Predictor
+
+    config_path, folds_path = _run_files(run)
+    cfg = resolve(["--config", str(config_path)])
+    model_dir = run / "model" if (run / "model" / "config.json").is_file() else run
+    predictor = Predictor.from_pretrained(model_dir)
+    frame, _ = load_sources(cfg.isic_dirs, cfg.ham_dirs, cfg.isic_duplicates)
+    fold_of = pd.read_csv(folds_path, dtype={"image_id": str}).set_index("image_id")["fold"]
+    rows = frame[frame.image_id.map(fold_of).isin(cfg.folds_to_train)].reset_index(drop=True)
+    with tqdm(total=len(rows), unit="img", desc="blank metadata", disable=None) as bar:
+        answers = predictor.predict_batch(rows.path.tolist(), batch_size=batch_size, progress=bar.update)
+    probs = np.array([[a["diagnosis"][c] for c in CLASSES] for a in answers])
+    logits = np.log(np.clip(probs, 1e-12, None))  # already calibrated: the refitted temperature stays near 1
+    labels = rows.label.map(CLASSES.index).to_numpy()
+    ages = [None if pd.isna(a) else float(a) for a in rows.age]
+    return M.evaluate(logits, labels, rows.source.tolist(), rows.sex.tolist(), ages, rows.site.tolist(),
+                      M.fit_temperature(logits, labels))
+
+
+def isic_full(csv: Path, n_folds: int = 5, seed: int = 42) -> dict:
+    """Patient-grouped cross-validated melanoma AUC from metadata alone on the official ISIC 2020 CSV."""
+    if not csv.is_file():
+        raise DataError(f"{csv} does not exist.")
+    df = pd.read_csv(csv)
+    missing = [c for c in ("patient_id", "sex", "age_approx", "anatom_site_general_challenge", "target")
+               if c not in df.columns]
+    if missing:
+        raise DataError(f"{csv} lacks column(s) {', '.join(missing)}.")
+    metas = [normalize(a, s, t) for a, s, t in zip(df.age_approx, df.sex, df.anatom_site_general_challenge)]
+    x = np.stack([encode(m).numpy() for m in metas])
+    y = df.target.to_numpy().astype(int)
+    oof = np.zeros(len(df))
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for train, val in splitter.split(x, y, df.patient_id):
+        oof[val] = classifier(seed).fit(x[train], y[train]).predict_proba(x[val])[:, 1]
+    sens90, _ = M.sensitivity_at_specificity(y, oof, 0.90)
+    return {"rows": int(len(df)), "patients": int(df.patient_id.nunique()), "melanomas": int(y.sum()),
+            "folds": n_folds, "melanoma_auc": M.auc(y, oof),
+            "melanoma_pauc_above_80_tpr": M.partial_auc_above_tpr(y, oof, 0.8),
+            "sensitivity_at_90_specificity": sens90}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.baselines", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, help="a training run folder (or output/default)")
+    parser.add_argument("--blank_metadata", action="store_true",
+                        help="also score the run's model on its validation folds with all metadata unknown")
+    parser.add_argument("--isic_csv", type=Path, help="ISIC_2020_Training_GroundTruth_v2.csv (33,126 rows)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if not args.run and not args.isic_csv:
+        parser.error("give --run and/or --isic_csv")
+    results = {}
+    try:
+        if args.run:
+            results["same_folds"] = m = same_folds(args.run)
+            print(f"metadata-only on {args.run} folds: melanoma AUC {m['melanoma_auc']:.3f} "
+                  f"(HAM {m['melanoma_auc_ham10000']:.3f}, ISIC {m['melanoma_auc_isic2020']:.3f}), "
+                  f"pAUC {m['melanoma_pauc_above_80_tpr']:.3f}, sens@90%spec {m['sensitivity_at_90_specificity']:.3f}, "
+                  f"ECE after T {m['ece_after_temperature']:.3f}, diagnosis balanced accuracy "
+                  f"{m['diagnosis_balanced_accuracy']:.3f}")
+        if args.run and args.blank_metadata:
+            results["fused_blank_metadata"] = m = blank_metadata(args.run)
+            print(f"fused model, metadata all unknown, on {args.run} folds: melanoma AUC {m['melanoma_auc']:.3f} "
+                  f"(HAM {m['melanoma_auc_ham10000']:.3f}, ISIC {m['melanoma_auc_isic2020']:.3f}), "
+                  f"pAUC {m['melanoma_pauc_above_80_tpr']:.3f}, sens@90%spec {m['sensitivity_at_90_specificity']:.3f}, "
+                  f"ECE after T {m['ece_after_temperature']:.3f}, diagnosis balanced accuracy "
+                  f"{m['diagnosis_balanced_accuracy']:.3f}")
+        if args.isic_csv:
+            results["isic_full"] = r = isic_full(args.isic_csv)
+            print(f"metadata-only on {r['rows']} ISIC 2020 rows ({r['melanomas']} melanomas, {r['patients']} patients, "
+                  f"{r['folds']}-fold patient-grouped CV): melanoma AUC {r['melanoma_auc']:.3f}, "
+                  f"pAUC {r['melanoma_pauc_above_80_tpr']:.3f}, sens@90%spec {r['sensitivity_at_90_specificity']:.3f}")
+    except (DataError, ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
