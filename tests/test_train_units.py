@@ -117,6 +117,13 @@ def test_kaggle_kernel_is_valid():
     for text in ('"--multi_gpu", "--num_processes", "2", "--mixed_precision", "fp16"', '"-m", "train"',
                  "glob.glob(\"/kaggle/input/**/train.csv\"", "UserSecretsClient", '"--resume"'):
         assert text in source, text
+    # the notebook installs the project's pins (Kaggle keeps its own torch), including onnx, which every run
+    # needs at the end to export model.onnx
+    pins = dict(line.split("==") for f in ("requirements.txt", "requirements-train.txt")
+                for line in (REPO / f).read_text().splitlines() if "==" in line and not line.startswith("#"))
+    installed = dict(w.split("==") for line in source.splitlines() if line.startswith("!pip install")
+                     for w in line.split() if "==" in w)
+    assert "onnx" in installed and all(pins[name] == version for name, version in installed.items()), installed
     accelerate_cfg = yaml.safe_load((REPO / "train" / "configs" / "accelerate_2gpu.yaml").read_text())
     assert accelerate_cfg["num_processes"] == 2 and accelerate_cfg["distributed_type"] == "MULTI_GPU"
 
