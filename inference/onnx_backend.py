@@ -38,7 +38,10 @@ class OnnxLogits:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = Path(path)
+        # An image-only model (meta_hidden=0) ignores `meta`, and the exporter drops unused inputs.
+        self.inputs = {i.name for i in self.session.get_inputs()}
 
     def __call__(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         feeds = {"image": images.detach().cpu().float().numpy(), "meta": meta.detach().cpu().float().numpy()}
+        feeds = {name: value for name, value in feeds.items() if name in self.inputs}
         return torch.from_numpy(self.session.run(["logits"], feeds)[0])

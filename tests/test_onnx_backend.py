@@ -47,3 +47,14 @@ def test_backend_choice_and_errors(lite0_dir, tmp_path):
         Predictor.from_pretrained(tmp_path / "no_onnx", backend="onnx")
     with pytest.raises(ValueError, match="backend must be"):
         Predictor.from_pretrained(lite0_dir, backend="tensorrt")
+
+
+def test_image_only_model_exports_and_serves(tmp_path, isic_rows):
+    # With meta_hidden=0 the graph has no use for `meta`, and the exporter drops that input.
+    model = MelanomaModel(backbone="test_efficientnet", image_size=64, meta_hidden=0)
+    model.save_pretrained(tmp_path)
+    export_onnx(model, tmp_path)
+    onnx, eager = Predictor.from_pretrained(tmp_path), Predictor.from_pretrained(tmp_path, backend="torch")
+    a, b = onnx.predict(isic_rows.path[0], 40, "male"), eager.predict(isic_rows.path[0], 40, "male")
+    assert onnx.backend == "onnxruntime"
+    assert a["diagnosis"] == pytest.approx(b["diagnosis"], abs=1e-4)
