@@ -53,14 +53,20 @@ def _run_files(run: Path) -> tuple[Path, Path]:
     return config, folds
 
 
-def same_folds(run: Path) -> dict:
-    """Metadata-only model on a training run's folds; metrics as in the model card."""
+def run_rows(run: Path):
+    """A run's config and its rows (as `load_sources` gives them) with each row's fold from folds.csv."""
     config_path, folds_path = _run_files(run)
     cfg = resolve(["--config", str(config_path)])
     frame, _ = load_sources(cfg.isic_dirs, cfg.ham_dirs, cfg.isic_duplicates)
     fold_of = pd.read_csv(folds_path, dtype={"image_id": str}).set_index("image_id")["fold"]
     frame = frame[frame.image_id.isin(fold_of.index)].reset_index(drop=True)
     frame["fold"] = fold_of.loc[frame.image_id].to_numpy()
+    return cfg, frame
+
+
+def same_folds(run: Path) -> dict:
+    """Metadata-only model on a training run's folds; metrics as in the model card."""
+    cfg, frame = run_rows(run)
     x = encoded(frame.age, frame.sex, frame.site)
     y = frame.label.map(CLASSES.index).to_numpy()
     parts = []
@@ -85,13 +91,10 @@ def blank_metadata(run: Path, batch_size: int = 64) -> dict:
 
     from inference import Predictor
 
-    config_path, folds_path = _run_files(run)
-    cfg = resolve(["--config", str(config_path)])
+    cfg, frame = run_rows(run)
     model_dir = run / "model" if (run / "model" / "config.json").is_file() else run
     predictor = Predictor.from_pretrained(model_dir)
-    frame, _ = load_sources(cfg.isic_dirs, cfg.ham_dirs, cfg.isic_duplicates)
-    fold_of = pd.read_csv(folds_path, dtype={"image_id": str}).set_index("image_id")["fold"]
-    rows = frame[frame.image_id.map(fold_of).isin(cfg.folds_to_train)].reset_index(drop=True)
+    rows = frame[frame.fold.isin(cfg.folds_to_train)].reset_index(drop=True)
     with tqdm(total=len(rows), unit="img", desc="blank metadata", disable=None) as bar:
         answers = predictor.predict_batch(rows.path.tolist(), batch_size=batch_size, progress=bar.update)
     probs = np.array([[a["diagnosis"][c] for c in CLASSES] for a in answers])
@@ -125,6 +128,13 @@ def isic_full(csv: Path, n_folds: int = 5, seed: int = 42) -> dict:
             "sensitivity_at_90_specificity": sens90}
 
 
+def summary(what: str, m: dict) -> str:
+    return (f"{what}: melanoma AUC {m['melanoma_auc']:.3f} (HAM {m['melanoma_auc_ham10000']:.3f}, "
+            f"ISIC {m['melanoma_auc_isic2020']:.3f}), pAUC {m['melanoma_pauc_above_80_tpr']:.3f}, "
+            f"sens@90%spec {m['sensitivity_at_90_specificity']:.3f}, ECE after T {m['ece_after_temperature']:.3f}, "
+            f"diagnosis balanced accuracy {m['diagnosis_balanced_accuracy']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.baselines", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a training run folder (or output/default)")
@@ -139,18 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.run:
             results["same_folds"] = m = same_folds(args.run)
-            print(f"metadata-only on {args.run} folds: melanoma AUC {m['melanoma_auc']:.3f} "
-                  f"(HAM {m['melanoma_auc_ham10000']:.3f}, ISIC {m['melanoma_auc_isic2020']:.3f}), "
-                  f"pAUC {m['melanoma_pauc_above_80_tpr']:.3f}, sens@90%spec {m['sensitivity_at_90_specificity']:.3f}, "
-                  f"ECE after T {m['ece_after_temperature']:.3f}, diagnosis balanced accuracy "
-                  f"{m['diagnosis_balanced_accuracy']:.3f}")
+            print(summary(f"metadata-only on {args.run} folds", m))
         if args.run and args.blank_metadata:
             results["fused_blank_metadata"] = m = blank_metadata(args.run)
-            print(f"fused model, metadata all unknown, on {args.run} folds: melanoma AUC {m['melanoma_auc']:.3f} "
-                  f"(HAM {m['melanoma_auc_ham10000']:.3f}, ISIC {m['melanoma_auc_isic2020']:.3f}), "
-                  f"pAUC {m['melanoma_pauc_above_80_tpr']:.3f}, sens@90%spec {m['sensitivity_at_90_specificity']:.3f}, "
-                  f"ECE after T {m['ece_after_temperature']:.3f}, diagnosis balanced accuracy "
-                  f"{m['diagnosis_balanced_accuracy']:.3f}")
+            print(summary(f"fused model, metadata all unknown, on {args.run} folds", m))
         if args.isic_csv:
             results["isic_full"] = r = isic_full(args.isic_csv)
             print(f"metadata-only on {r['rows']} ISIC 2020 rows ({r['melanomas']} melanomas, {r['patients']} patients, "
