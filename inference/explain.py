@@ -84,10 +84,12 @@ def explain(predictor: Any, image: ImageInput, age: Any = None, sex: Any = None,
     """
     model = predictor.model
     meta = encode(normalize(age, sex, site))
-    opened = open_image(image)
+    size = display_size or model.image_size
+    # Decoded for the larger of the two sizes, so the overlay stays sharp; for a big JPEG the model's crop
+    # then comes from a finer DCT scale than `predict` used: a few levels per pixel at most.
+    opened = open_image(image, min_side=max(size, model.image_size))
     heat = grad_cam(model, to_tensor(prepare(opened, model.image_size), model.mean, model.std), meta,
                     model.classes.index(target))
-    size = display_size or model.image_size
     if size != model.image_size:
         heat = F.interpolate(heat[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
     heat = heat.clamp(0.0, 1.0).numpy()

@@ -79,7 +79,7 @@ class Predictor:
     def image_tensor(self, image: ImageInput) -> torch.Tensor:
         """Open + eval-transform one image into a (3, S, S) tensor. Raises `ImageError` on bad input."""
         m = self.model
-        return eval_transform(open_image(image), m.image_size, m.mean, m.std)
+        return eval_transform(open_image(image, min_side=m.image_size), m.image_size, m.mean, m.std)
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor, meta: torch.Tensor, tta: bool = False) -> torch.Tensor:

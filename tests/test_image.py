@@ -41,6 +41,40 @@ def test_prepare_centre_crops_instead_of_squashing():
     assert out.shape == (60, 60, 3) and (out[:, :, 1] > 200).all()
 
 
+def _resize_then_crop(image: Image.Image, size: int) -> np.ndarray:
+    """The definition `prepare` implements faster: full bicubic resize of the shorter side, centre crop."""
+    scale = size / min(image.size)
+    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    left, top = (w - size) // 2, (h - size) // 2
+    full = image.resize((w, h), Image.Resampling.BICUBIC)
+    return np.asarray(full.crop((left, top, left + size, top + size)), dtype=int)
+
+
+def test_prepare_gives_the_pixels_of_resize_then_crop(isic_rows, ham_rows):
+    images = [open_image(p) for p in list(isic_rows.path[:5]) + list(ham_rows.path[:5])]  # 256² and 200×150
+    for image in images:  # the training images: exactly the pixels the bundled model was validated on
+        for size in (96, 128, 224, 384):
+            assert np.array_equal(prepare(image, size), _resize_then_crop(image, size)), (image.size, size)
+    # A phone-sized upload shrinks > 3×: box-reduced first, off by at most a level or two.
+    big = images[0].resize((3000, 3000), Image.Resampling.BICUBIC)
+    for size in (96, 224):
+        diff = np.abs(prepare(big, size).astype(int) - _resize_then_crop(big, size))
+        assert diff.max() <= 2 and diff.mean() < 0.5, (size, diff.max(), diff.mean())
+
+
+def test_big_jpegs_are_decoded_at_a_reduced_scale_with_the_same_pixels(isic_rows):
+    big = open_image(isic_rows.path[0]).resize((4000, 3000), Image.Resampling.BICUBIC)  # a 12 MP upload
+    data = _encode(big, "JPEG", quality=92)
+    assert open_image(data, min_side=224).size == (1000, 750)  # 1/4: the largest keeping both sides ≥ 2 × 224
+    assert open_image(data, min_side=128).size == (500, 375)
+    assert open_image(data).size == (4000, 3000)
+    small = _encode(open_image(isic_rows.path[0]), "JPEG")  # 256²: no reduction keeps 2 × 128
+    assert open_image(small, min_side=128).size == (256, 256)
+    for size in (128, 224, 384):
+        diff = np.abs(prepare(open_image(data, min_side=size), size).astype(int) - prepare(open_image(data), size))
+        assert diff.max() <= 3 and diff.mean() < 0.3, (size, diff.max(), diff.mean())
+
+
 def test_decompression_bomb_is_refused_before_decoding():
     data = _png_bomb(30_000)
     assert len(data) < 20_000

@@ -1,5 +1,7 @@
 """Metadata-only baselines and the blank-metadata evaluation, on the real data and the bundled run."""
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from train.baselines import blank_metadata, isic_full, same_folds
+from train.baselines import compare, isic_full, rescore, same_folds
+from train.data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "output" / "default"
@@ -34,7 +37,7 @@ def test_metadata_only_on_the_bundled_runs_folds(data_dir, fold_rows):
 
 
 def test_blank_metadata_scores_every_validation_image(data_dir, fold_rows):
-    result = blank_metadata(BUNDLED)
+    result = rescore(BUNDLED, blank_metadata=True)
     assert result["n_images"] == fold_rows
     assert result["melanoma_auc"] > 0.8  # the image branch alone still ranks melanomas
     assert set(result["subgroups"]["site"]) >= {"torso", "unknown"}  # the true sites are kept for subgroups
@@ -44,3 +47,18 @@ def test_cli_says_what_is_wrong(tmp_path):
     done = subprocess.run([sys.executable, "-m", "train.baselines", "--run", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True)
     assert done.returncode == 1 and "is not a run folder" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_compare_gives_a_paired_interval_and_refuses_different_folds(data_dir, tmp_path):
+    same = compare(BUNDLED, BUNDLED)  # a model against itself: identical scores, a difference of exactly 0
+    assert same["ham10000"]["melanomas"] == 189 and same["ham10000"]["difference"] == 0.0
+    assert same["ham10000"]["difference_ci95"] == [0.0, 0.0]
+    card = json.loads((BUNDLED / "metrics.json").read_text())
+    assert same["ham10000"]["auc"] == pytest.approx(card["melanoma_auc_ham10000"], abs=2e-3)  # the card's figure
+    other = tmp_path / "other"
+    shutil.copytree(BUNDLED, other)
+    folds = pd.read_csv(other / "folds.csv")
+    folds.loc[0, "fold"] = (folds.loc[0, "fold"] + 1) % 5
+    folds.to_csv(other / "folds.csv", index=False)
+    with pytest.raises(DataError, match="different folds"):
+        compare(BUNDLED, other)

@@ -75,6 +75,10 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
         assert metrics[key] is not None and np.isfinite(metrics[key]), key
     assert 0.0 <= metrics["melanoma_pauc_above_80_tpr"] <= 0.2
     assert np.asarray(metrics["confusion_matrix"]["counts"]).sum() == len(oof)
+    ham = metrics["diagnosis_ham10000"]  # the seven-class differential on HAM rows only
+    assert ham["n_images"] == (oof.source == "ham10000").sum() == np.asarray(ham["confusion_matrix"]["counts"]).sum()
+    assert ham["classes"] == ham["confusion_matrix"]["labels"] and "benign_unspecified" not in ham["classes"]
+    assert ham["majority_class_accuracy"] == pytest.approx((oof[oof.source == "ham10000"].label == "nv").mean())
     assert set(metrics["subgroups"]) >= {"sex", "age_band", "site"}
     assert "not recorded" in metrics["skin_type"]
     assert metrics["complete"] is True and metrics["folds_trained"] == [0, 1]
@@ -92,7 +96,8 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
     card = (model / "README.md").read_text()
     assert card.startswith("---\nlicense: cc-by-nc-4.0")
     for text in ("not a medical device", "roc.png", "reliability.png", "confusion_matrix.png",
-                 "training_curves.png", "HAM10000", "ISIC 2020", "non-commercial", "Limitations"):
+                 "training_curves.png", "HAM10000", "ISIC 2020", "non-commercial", "Limitations",
+                 "Differential diagnosis on HAM10000 rows"):
         assert text in card, text
     assert "Traceback" not in done.stderr
 

@@ -10,13 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import roc_auc_score
 from test_train_helpers import REPO
 
 from inference.model import CLASSES
-from train.config import ConfigError, load_yaml, make, resolve, to_yaml
+from train.config import ConfigError, load_yaml, make, recipe_changes, resolve, to_yaml
 from train.data import HAM_SITE, ISIC_DIAGNOSIS, DataError, load_sources
 from train.folds import assign_folds, merged_groups
-from train.metrics import fit_temperature, partial_auc_above_tpr, sensitivity_at_specificity
+from train.metrics import (auc_interval, fit_temperature, ham_diagnosis, partial_auc_above_tpr,
+                           sensitivity_at_specificity)
 
 
 def test_defaults_then_yaml_then_cli(tmp_path):
@@ -170,3 +172,43 @@ def test_non_finite_weights_are_refused():
         layer.weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteWeights, match="weight"):
         assert_finite(layer, "save")
+
+
+def test_ham_diagnosis_scores_the_seven_ham_classes_and_shows_why_accuracy_misleads():
+    # 6 nevi + 2 melanomas + 1 bcc; an "always nv" model gets 6/9 accuracy but 1/3 balanced accuracy.
+    names = ["nv"] * 6 + ["mel"] * 2 + ["bcc"]
+    labels = np.array([CLASSES.index(n) for n in names])
+    always_nv = np.zeros((len(names), len(CLASSES)))
+    always_nv[:, CLASSES.index("nv")] = 0.6
+    always_nv[:, CLASSES.index("benign_unspecified")] = 0.4  # not a HAM class: never the answer on HAM rows
+    d = ham_diagnosis(always_nv, labels)
+    assert d["accuracy"] == pytest.approx(6 / 9) == d["majority_class_accuracy"]
+    assert d["balanced_accuracy"] == pytest.approx(1 / 3)
+    counts = np.asarray(d["confusion_matrix"]["counts"])
+    assert counts.shape == (7, 7) and counts[:, d["classes"].index("nv")].sum() == 9
+    perfect = np.eye(len(CLASSES))[labels]
+    assert ham_diagnosis(perfect, labels)["balanced_accuracy"] == 1.0
+    assert ham_diagnosis(perfect[:0], labels[:0]) is None
+
+
+def test_bundled_model_was_trained_with_the_shipped_cpu_recipe():
+    # README and the card say output/default comes from exactly train/configs/cpu_default.yaml
+    shipped = make(load_yaml(REPO / "train" / "configs" / "cpu_default.yaml"))
+    bundled = load_yaml(REPO / "output" / "default" / "training_config.yaml")
+    assert set(recipe_changes(bundled, shipped)) <= {"output_dir"}  # and run-control keys (resume, ...)
+
+
+def test_auc_interval_brackets_the_auc_and_narrows_with_more_melanomas():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(200), np.zeros(1500)].astype(int)
+    score = y + rng.normal(0, 1.0, len(y))  # a real but imperfect ranker, AUC ≈ 0.76
+    lo, hi = auc_interval(y, score)
+    assert lo < roc_auc_score(y, score) < hi and 0.02 < hi - lo < 0.1
+    few = np.r_[np.arange(7), np.arange(200, 1700)]  # 7 melanomas, as in the ISIC rows of the CPU fold
+    lo7, hi7 = auc_interval(y[few], score[few])
+    assert hi7 - lo7 > 2 * (hi - lo)
+    # paired difference: a model against itself differs by exactly 0; a noisier copy is clearly worse
+    assert auc_interval(y, score, other=score) == [0.0, 0.0]
+    worse = score + rng.normal(0, 2.0, len(y))
+    assert auc_interval(y, score, other=worse)[0] > 0
+    assert auc_interval(np.zeros(5, int), np.arange(5.0)) is None

@@ -2,6 +2,8 @@
 
     python -m train.baselines --run output/default     # the folds of a training run, scored like the model
     python -m train.baselines --run output/default --blank_metadata   # + the fused model with blank fields
+    python -m train.baselines --run output/default --tta              # + the fused model with 8-view TTA
+    python -m train.baselines --run output/default --compare RUN      # paired AUC difference with another run
     python -m train.baselines --isic_csv ../shared/data/isic2020/ISIC_2020_Training_GroundTruth_v2.csv
 
 Both use the model's own encoding (`inference.metadata.encode`), so "metadata-only" means exactly
@@ -84,9 +86,8 @@ def same_folds(run: Path) -> dict:
     return M.evaluate(logits, labels, rows.source.tolist(), rows.sex.tolist(), ages, rows.site.tolist(), temperature)
 
 
-def blank_metadata(run: Path, batch_size: int = 64) -> dict:
-    """The run's published model scored on its validation folds with every metadata field unknown:
-    what a visitor who fills in nothing gets. Same rows and metrics as the model card."""
+def _predictions(run: Path, blank_metadata: bool = False, tta: bool = False, batch_size: int = 64):
+    """The run's published model scored through the Predictor on its validation rows: (rows, probs)."""
     from tqdm.auto import tqdm
 
     from inference import Predictor
@@ -95,14 +96,45 @@ def blank_metadata(run: Path, batch_size: int = 64) -> dict:
     model_dir = run / "model" if (run / "model" / "config.json").is_file() else run
     predictor = Predictor.from_pretrained(model_dir)
     rows = frame[frame.fold.isin(cfg.folds_to_train)].reset_index(drop=True)
-    with tqdm(total=len(rows), unit="img", desc="blank metadata", disable=None) as bar:
-        answers = predictor.predict_batch(rows.path.tolist(), batch_size=batch_size, progress=bar.update)
-    probs = np.array([[a["diagnosis"][c] for c in CLASSES] for a in answers])
+    metadata = {} if blank_metadata else {"ages": [None if pd.isna(a) else float(a) for a in rows.age],
+                                          "sexes": rows.sex.tolist(), "sites": rows.site.tolist()}
+    desc = " + ".join(["blank metadata"] * blank_metadata + ["TTA"] * tta) or f"score {run}"
+    with tqdm(total=len(rows), unit="img", desc=desc, disable=None) as bar:
+        answers = predictor.predict_batch(rows.path.tolist(), **metadata, tta=tta, batch_size=batch_size,
+                                          progress=bar.update)
+    return rows, np.array([[a["diagnosis"][c] for c in CLASSES] for a in answers])
+
+
+def rescore(run: Path, blank_metadata: bool = False, tta: bool = False) -> dict:
+    """The run's published model re-scored on its validation folds through the Predictor, as the app scores:
+    with every metadata field unknown (what a visitor who fills in nothing gets) and/or with 8-view
+    test-time augmentation. Same rows and metrics as the model card."""
+    rows, probs = _predictions(run, blank_metadata, tta)
     logits = np.log(np.clip(probs, 1e-12, None))  # already calibrated: the refitted temperature stays near 1
     labels = rows.label.map(CLASSES.index).to_numpy()
     ages = [None if pd.isna(a) else float(a) for a in rows.age]
     return M.evaluate(logits, labels, rows.source.tolist(), rows.sex.tolist(), ages, rows.site.tolist(),
                       M.fit_temperature(logits, labels))
+
+
+def compare(run: Path, other: Path) -> dict:
+    """Melanoma AUC of two runs' models on the same validation rows, with the 95 % paired-bootstrap interval
+    of the difference (run − other), per source. The runs must share folds.csv (same data and seed)."""
+    if _run_files(run)[1].read_text() != _run_files(other)[1].read_text():
+        raise DataError(f"{run} and {other} were split into different folds; compare runs made with the same data "
+                        "and seed.")
+    (rows, a), (_, b) = _predictions(run), _predictions(other)
+    result = {}
+    for source in ("ham10000", "isic2020"):
+        keep = (rows.source == source).to_numpy()
+        y = (rows.label[keep] == "mel").to_numpy().astype(int)
+        mel_a, mel_b = a[keep, CLASSES.index("mel")], b[keep, CLASSES.index("mel")]
+        if M.auc(y, mel_a) is None:
+            continue
+        result[source] = {"melanomas": int(y.sum()), "rows": int(keep.sum()), "auc": M.auc(y, mel_a),
+                          "auc_other": M.auc(y, mel_b), "difference": M.auc(y, mel_a) - M.auc(y, mel_b),
+                          "difference_ci95": M.auc_interval(y, mel_a, other=mel_b)}
+    return result
 
 
 def isic_full(csv: Path, n_folds: int = 5, seed: int = 42) -> dict:
@@ -140,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, help="a training run folder (or output/default)")
     parser.add_argument("--blank_metadata", action="store_true",
                         help="also score the run's model on its validation folds with all metadata unknown")
+    parser.add_argument("--tta", action="store_true",
+                        help="also score the run's model on its validation folds with 8-view test-time augmentation")
+    parser.add_argument("--compare", type=Path, metavar="RUN",
+                        help="another run on the same folds: melanoma AUC difference with a paired-bootstrap 95 %% CI")
     parser.add_argument("--isic_csv", type=Path, help="ISIC_2020_Training_GroundTruth_v2.csv (33,126 rows)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -151,8 +187,18 @@ def main(argv: list[str] | None = None) -> int:
             results["same_folds"] = m = same_folds(args.run)
             print(summary(f"metadata-only on {args.run} folds", m))
         if args.run and args.blank_metadata:
-            results["fused_blank_metadata"] = m = blank_metadata(args.run)
+            results["fused_blank_metadata"] = m = rescore(args.run, blank_metadata=True)
             print(summary(f"fused model, metadata all unknown, on {args.run} folds", m))
+        if args.run and args.tta:
+            results["fused_tta"] = m = rescore(args.run, tta=True)
+            print(summary(f"fused model, 8-view TTA, on {args.run} folds", m))
+        if args.run and args.compare:
+            results["compare"] = c = compare(args.run, args.compare)
+            for source, r in c.items():
+                lo, hi = r["difference_ci95"]
+                print(f"melanoma AUC on {source} rows ({r['melanomas']} melanomas): {args.run} {r['auc']:.3f}, "
+                      f"{args.compare} {r['auc_other']:.3f}, difference {r['difference']:+.3f} "
+                      f"(paired bootstrap 95 % CI {lo:+.3f} to {hi:+.3f})")
         if args.isic_csv:
             results["isic_full"] = r = isic_full(args.isic_csv)
             print(f"metadata-only on {r['rows']} ISIC 2020 rows ({r['melanomas']} melanomas, {r['patients']} patients, "

@@ -250,7 +250,7 @@ class LesionDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         sample = {"label": self.labels[i], "index": torch.tensor(i), "ok": torch.tensor(1), "error": ""}
         try:
-            array = prepare(open_image(self.paths[i]), self.image_size)
+            array = prepare(open_image(self.paths[i], min_side=self.image_size), self.image_size)  # as served
         except (ImageError, OSError) as err:
             array = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
             sample.update(ok=torch.tensor(0), error=f"{self.paths[i]}: {err}")

@@ -81,7 +81,10 @@ def finalize(cfg: Config, run: Path, frame: pd.DataFrame, folds_done: list[int],
     export_onnx(model, tmp)  # model.onnx beside the weights: the Space's fast CPU backend, verified against torch
     plot_roc(oof, tmp / "roc.png")
     plot_reliability(logits, labels, temperature, tmp / "reliability.png")
-    plot_confusion(result["confusion_matrix"]["counts"], tmp / "confusion_matrix.png")
+    matrices = [{**result["confusion_matrix"], "title": "all rows, 8 classes"}]
+    if result["diagnosis_ham10000"]:
+        matrices.insert(0, {**result["diagnosis_ham10000"]["confusion_matrix"], "title": "HAM10000 rows, 7 classes"})
+    plot_confusion(matrices, tmp / "confusion_matrix.png")
     plot_curves(history, tmp / "training_curves.png")
     (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
     (tmp / "training_config.yaml").write_text(to_yaml(cfg))
@@ -137,19 +140,22 @@ def plot_reliability(logits: np.ndarray, labels: np.ndarray, temperature: float,
     plt.close(fig)
 
 
-def plot_confusion(counts: list[list[int]], path: Path) -> None:
-    c = np.asarray(counts, dtype=float)
-    rates = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(CLASSES)):
-        for j in range(len(CLASSES)):
-            if c[i, j]:
-                ax.text(j, i, f"{int(c[i, j])}", ha="center", va="center", fontsize=7,
-                        color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(CLASSES)), CLASSES, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (counts; colour = row rate)")
+def plot_confusion(matrices: list[dict], path: Path) -> None:
+    """One panel per confusion matrix ({labels, counts, title}): counts written, colour = row (recall) rate."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(6 * len(matrices), 5.5), squeeze=False)
+    for ax, m in zip(axes[0], matrices):
+        c, names = np.asarray(m["counts"], dtype=float), m["labels"]
+        rates = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if c[i, j]:
+                    ax.text(j, i, f"{int(c[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set(xlabel="predicted", ylabel="true", title=m["title"])
+    fig.suptitle("Confusion matrices (counts; colour = share of the true class)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -176,10 +182,28 @@ def _f(x, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _auc(m: dict, key: str) -> str:
+    """'0.877 (95 % CI 0.851–0.901)'; no interval when the rows hold a single class."""
+    interval = m[f"{key}_ci95"]
+    return _f(m[key]) + (f" (95 % CI {interval[0]:.3f}–{interval[1]:.3f})" if interval else "")
+
+
 def _subgroup_rows(table: dict) -> str:
     return "\n".join(f"| {name} | {r['n']} | {r['n_melanoma']} | {_f(r['melanoma_auc'])} | "
                      f"{_f(r['sensitivity_at_90_specificity'])} | {_f(r['sensitivity_at_overall_threshold'])} |"
                      for name, r in table.items())
+
+
+def _ham_section(d: dict | None) -> str:
+    if not d:
+        return ""
+    return f"""
+**Differential diagnosis on HAM10000 rows** ({d['n_images']} images; argmax over the seven HAM10000 classes):
+balanced accuracy {_f(d['balanced_accuracy'])}, weighted F1 {_f(d['weighted_f1'])}, macro F1 {_f(d['macro_f1'])},
+accuracy {_f(d['accuracy'])}. Accuracy is a poor yardstick here: answering "nv" for every image scores
+{_f(d['majority_class_accuracy'])} on these rows while missing every melanoma, so demo apps quoting 70-98 %
+accuracy say little about melanoma detection. Balanced accuracy (the mean per-class recall) and the melanoma AUC do.
+"""
 
 
 def model_card(cfg: Config, m: dict, frame: pd.DataFrame, model_config: dict) -> str:
@@ -233,9 +257,9 @@ weights are the fold-{m['published_fold']} model. {m['model_selection_note']}
 
 | metric | value |
 |---|---|
-| melanoma ROC AUC (all rows) | {_f(m['melanoma_auc'])} |
-| melanoma ROC AUC, ISIC 2020 rows only ({n_mel.get('isic2020', 0)} melanomas) | {_f(m['melanoma_auc_isic2020'])} |
-| melanoma ROC AUC, HAM10000 rows only ({n_mel.get('ham10000', 0)} melanomas) | {_f(m['melanoma_auc_ham10000'])} |
+| melanoma ROC AUC (all rows) | {_auc(m, 'melanoma_auc')} |
+| melanoma ROC AUC, ISIC 2020 rows only ({n_mel.get('isic2020', 0)} melanomas) | {_auc(m, 'melanoma_auc_isic2020')} |
+| melanoma ROC AUC, HAM10000 rows only ({n_mel.get('ham10000', 0)} melanomas) | {_auc(m, 'melanoma_auc_ham10000')} |
 | melanoma partial AUC above 80% sensitivity (max 0.2) | {_f(m['melanoma_pauc_above_80_tpr'])} |
 | sensitivity at 90% specificity | {_f(m['sensitivity_at_90_specificity'])} |
 | sensitivity at 95% specificity | {_f(m['sensitivity_at_95_specificity'])} |
@@ -245,6 +269,7 @@ weights are the fold-{m['published_fold']} model. {m['model_selection_note']}
 | expected calibration error, before / after temperature | {ece} |
 | melanoma-probability ECE, before / after temperature | {mel_ece} |
 
+{_ham_section(m["diagnosis_ham10000"])}
 ISIC 2020 rows are the realistic screening mix (about 2% melanoma); HAM10000 is enriched with melanomas and
 other diagnoses, so its AUC is not comparable to a clinic's. All numbers are in `metrics.json`.
 
