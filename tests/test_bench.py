@@ -30,7 +30,8 @@ def test_training_bench_times_the_real_loop_and_the_pipeline(data_dir):
     out = run("bench/training.py", "--batches", "2", "--pipeline-images", "32", "--data", str(data_dir))
     assert number(r"real loop / bare fwd-bwd = ([\d.]+)", out) > 0
     assert number(r"data pipeline at 256 px = (\d+) images/s per core", out) > 0
-    for stage in ("decode", "resize + centre crop to 256 px", "augment ('strong')", "whole pipeline"):
+    for stage in ("decode", "resize + centre crop to 256 px", "augment ('strong')", "whole pipeline",
+                  "its dearest steps, each alone on every image: CLAHE"):
         assert stage in out, stage
 
 

@@ -37,8 +37,8 @@ def build(kind: str, image_size: int) -> A.Compose | None:
         A.GaussNoise(std_range=(0.009, 0.021)),
     ], p=0.7)
     # ElasticTransform(alpha=3) with the default sigma=50 moves pixels by well under one pixel: the exact
-    # version spends ~15 ms per 256 px image smoothing the field with a 50-sigma Gaussian; `approximate` and
-    # `same_dxdy` make it ~2 ms (bench/training.py) for the same sub-pixel effect.
+    # version spends 16 ms per 256 px image smoothing the field with a 50-sigma Gaussian; `approximate` and
+    # `same_dxdy` make it 2.3 ms for the same sub-pixel effect (`transform_costs` in bench/training.py).
     distortion = A.OneOf([
         A.OpticalDistortion(distort_limit=1.0), A.GridDistortion(num_steps=5, distort_limit=1.0),
         A.ElasticTransform(alpha=3, approximate=True, same_dxdy=True),

@@ -31,12 +31,12 @@ from inference.model import CLASSES
 
 from . import metrics as M
 from .config import ConfigError, resolve
-from .data import DataError, load_sources
+from .data import DataError, ages, load_sources
 
 
-def encoded(ages, sexes, sites) -> np.ndarray:
-    """(n, META_DIM) array of the model's metadata encoding; ages may be NaN/None (unknown)."""
-    rows = [Metadata(age=None if pd.isna(a) else float(a), sex=s, site=t) for a, s, t in zip(ages, sexes, sites)]
+def encoded(frame: pd.DataFrame) -> np.ndarray:
+    """(n, META_DIM) array of the model's metadata encoding of the frame's age, sex and site."""
+    rows = [Metadata(age=a, sex=s, site=t) for a, s, t in zip(ages(frame), frame.sex, frame.site)]
     return np.stack([encode(m).numpy() for m in rows])
 
 
@@ -69,7 +69,7 @@ def run_rows(run: Path):
 def same_folds(run: Path) -> dict:
     """Metadata-only model on a training run's folds; metrics as in the model card."""
     cfg, frame = run_rows(run)
-    x = encoded(frame.age, frame.sex, frame.site)
+    x = encoded(frame)
     y = frame.label.map(CLASSES.index).to_numpy()
     parts = []
     for fold in cfg.folds_to_train:
@@ -82,8 +82,8 @@ def same_folds(run: Path) -> dict:
     rows = frame.loc[oof.index]
     logits, labels = oof.to_numpy(), y[oof.index]
     temperature = M.fit_temperature(logits, labels)
-    ages = [None if pd.isna(a) else float(a) for a in rows.age]
-    return M.evaluate(logits, labels, rows.source.tolist(), rows.sex.tolist(), ages, rows.site.tolist(), temperature)
+    return M.evaluate(logits, labels, rows.source.tolist(), rows.sex.tolist(), ages(rows), rows.site.tolist(),
+                      temperature)
 
 
 def _predictions(run: Path, blank_metadata: bool = False, tta: bool = False, batch_size: int = 64):
@@ -96,7 +96,7 @@ def _predictions(run: Path, blank_metadata: bool = False, tta: bool = False, bat
     model_dir = run / "model" if (run / "model" / "config.json").is_file() else run
     predictor = Predictor.from_pretrained(model_dir)
     rows = frame[frame.fold.isin(cfg.folds_to_train)].reset_index(drop=True)
-    metadata = {} if blank_metadata else {"ages": [None if pd.isna(a) else float(a) for a in rows.age],
+    metadata = {} if blank_metadata else {"ages": ages(rows),
                                           "sexes": rows.sex.tolist(), "sites": rows.site.tolist()}
     desc = " + ".join(["blank metadata"] * blank_metadata + ["TTA"] * tta) or f"score {run}"
     with tqdm(total=len(rows), unit="img", desc=desc, disable=None) as bar:
@@ -112,8 +112,7 @@ def rescore(run: Path, blank_metadata: bool = False, tta: bool = False) -> dict:
     rows, probs = _predictions(run, blank_metadata, tta)
     logits = np.log(np.clip(probs, 1e-12, None))  # already calibrated: the refitted temperature stays near 1
     labels = rows.label.map(CLASSES.index).to_numpy()
-    ages = [None if pd.isna(a) else float(a) for a in rows.age]
-    return M.evaluate(logits, labels, rows.source.tolist(), rows.sex.tolist(), ages, rows.site.tolist(),
+    return M.evaluate(logits, labels, rows.source.tolist(), rows.sex.tolist(), ages(rows), rows.site.tolist(),
                       M.fit_temperature(logits, labels))
 
 

@@ -220,6 +220,11 @@ def load_sources(isic_dirs: list[str], ham_dirs: list[str],
     return frame, load_duplicates(duplicates, [Path(d) for d in isic_dirs])
 
 
+def ages(frame: pd.DataFrame) -> list[float | None]:
+    """The frame's `age` column as the metadata encoder takes it: a float, or None where unknown (NaN)."""
+    return [None if pd.isna(a) else float(a) for a in frame["age"]]
+
+
 class LesionDataset(Dataset):
     """Rows → {image, meta, label, index, ok} using the inference eval transform plus optional augmentation.
 
@@ -234,8 +239,7 @@ class LesionDataset(Dataset):
                  augment=None, meta_dropout: float = 0.0, use_metadata: bool = True, seed: int = 0) -> None:
         self.paths = frame["path"].tolist()
         self.labels = torch.tensor([CLASSES.index(c) for c in frame["label"]], dtype=torch.long)
-        ages = [None if pd.isna(a) else float(a) for a in frame["age"]]
-        self.metas = [Metadata(age=a, sex=s, site=t) for a, s, t in zip(ages, frame["sex"], frame["site"])]
+        self.metas = [Metadata(age=a, sex=s, site=t) for a, s, t in zip(ages(frame), frame["sex"], frame["site"])]
         self.image_size, self.mean, self.std = image_size, mean, std
         self.augment, self.meta_dropout, self.use_metadata, self.seed = augment, meta_dropout, use_metadata, seed
         self.epoch = 0
