@@ -112,8 +112,8 @@ def prepare(image: Image.Image, size: int) -> np.ndarray:
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     # reducing_gap=3 box-reduces first only when shrinking more than 3× (a phone photo, never the training
     # images, so the pixels the model was trained on are unchanged); Pillow documents it as indistinguishable
-    # from a full resample in most cases. (Resampling only the crop's box is a third cheaper but moves a few
-    # pixels by one level and the bundled model's probabilities by up to 0.003: parity wins.)
+    # from a full resample in most cases. The whole image is resampled, then cropped: resampling only the
+    # crop's box is cheaper but moves pixels, and the served pixels must be the trained ones.
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)

@@ -1,19 +1,30 @@
-"""Metadata-only baselines and the blank-metadata evaluation, on the real data and the bundled run."""
+"""Metadata-only baselines, re-scoring a run through the Predictor, and the paired comparison of two runs.
+
+The run-based checks use the tiny reference run (conftest) and one more tiny run on the same folds, so
+they compare two different models and can be checked against the runs' own OOF tables; the full
+ISIC 2020 table is the one real-size figure (README quotes it).
+"""
 
 import json
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO, run_cli, tiny_args
 
 from train.baselines import compare, isic_full, rescore, same_folds
-from train.data import DataError
+from train.errors import DataError
+from train.metrics import auc
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "output" / "default"
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory, subset):
+    """Same data and seed as the reference run (so the same folds), another model: no augmentation."""
+    out = tmp_path_factory.mktemp("other") / "run"
+    done = run_cli(tiny_args(*subset, out, augment="none"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
 
 
 def test_metadata_only_on_the_full_isic_csv(data_dir):
@@ -23,42 +34,55 @@ def test_metadata_only_on_the_full_isic_csv(data_dir):
     assert 0.6 < result["melanoma_auc"] < 0.8
 
 
-@pytest.fixture(scope="module")
-def fold_rows():
-    folds = pd.read_csv(BUNDLED / "folds.csv")
-    return int((folds.fold == 0).sum())
+def test_metadata_only_scores_exactly_the_runs_validation_rows(reference):
+    run, _ = reference
+    folds = pd.read_csv(run / "folds.csv")
+    result = same_folds(run)
+    assert result["n_images"] == len(folds)  # both folds trained: every row scored once, out of fold
+    assert result["n_by_source"] == folds.source.value_counts().sort_index().to_dict()
 
 
-def test_metadata_only_on_the_bundled_runs_folds(data_dir, fold_rows):
-    result = same_folds(BUNDLED)
-    assert result["n_images"] == fold_rows  # scored on exactly the bundled model's validation fold
-    assert 0.55 < result["melanoma_auc"] < 0.85
-    assert set(result["n_by_source"]) == {"isic2020", "ham10000"}
+def test_rescore_through_the_predictor_reproduces_the_training_metrics(reference):
+    run, _ = reference
+    card = json.loads((run / "metrics.json").read_text())
+    again = rescore(run)  # the published fold's model on its own validation fold, as the app scores
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    published = oof[oof.fold == card["published_fold"]]
+    assert again["n_images"] == len(published)
+    # the Predictor's probabilities carry the model's temperature, as the OOF table's do ("uncalibrated":
+    # before the re-fit that rescore adds on top, which can reorder melanoma probabilities slightly)
+    assert again["melanoma_auc_uncalibrated"] == pytest.approx(
+        auc(published.target.to_numpy(), published.melanoma_probability.to_numpy()), abs=1e-3)
+    blank = rescore(run, blank_metadata=True)
+    assert blank["n_images"] == again["n_images"]
+    assert blank["melanoma_auc"] != again["melanoma_auc"]  # the fused model really received the metadata
+    assert set(blank["subgroups"]["site"]) == set(again["subgroups"]["site"])  # true sites kept for subgroups
 
 
-def test_blank_metadata_scores_every_validation_image(data_dir, fold_rows):
-    result = rescore(BUNDLED, blank_metadata=True)
-    assert result["n_images"] == fold_rows
-    assert result["melanoma_auc"] > 0.8  # the image branch alone still ranks melanomas
-    assert set(result["subgroups"]["site"]) >= {"torso", "unknown"}  # the true sites are kept for subgroups
+def test_compare_gives_the_paired_difference_and_refuses_different_folds(reference, other_run, tmp_path):
+    run, _ = reference
+    result = compare(run, other_run)
+    for r in result.values():
+        assert r["difference"] == pytest.approx(r["auc"] - r["auc_other"])
+        lo, hi = r["difference_ci95"]
+        assert lo <= r["difference"] <= hi and lo < hi  # two different models: a real interval
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    fold = oof[(oof.fold == 0) & (oof.source == "ham10000")]
+    assert result["ham10000"]["melanomas"] == int(fold.target.sum())
+    assert result["ham10000"]["auc"] == pytest.approx(auc(fold.target.to_numpy(),
+                                                          fold.melanoma_probability.to_numpy()), abs=1e-3)
+    shifted = tmp_path / "shifted"
+    shifted.mkdir()
+    for name in ("folds.csv", "config.yaml"):
+        (shifted / name).write_bytes((other_run / name).read_bytes())
+    folds = pd.read_csv(shifted / "folds.csv")
+    folds.loc[0, "fold"] = 1 - folds.loc[0, "fold"]
+    folds.to_csv(shifted / "folds.csv", index=False)
+    with pytest.raises(DataError, match="different folds"):
+        compare(run, shifted)
 
 
 def test_cli_says_what_is_wrong(tmp_path):
     done = subprocess.run([sys.executable, "-m", "train.baselines", "--run", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True)
     assert done.returncode == 1 and "is not a run folder" in done.stderr and "Traceback" not in done.stderr
-
-
-def test_compare_gives_a_paired_interval_and_refuses_different_folds(data_dir, tmp_path):
-    same = compare(BUNDLED, BUNDLED)  # a model against itself: identical scores, a difference of exactly 0
-    assert same["ham10000"]["melanomas"] == 189 and same["ham10000"]["difference"] == 0.0
-    assert same["ham10000"]["difference_ci95"] == [0.0, 0.0]
-    card = json.loads((BUNDLED / "metrics.json").read_text())
-    assert same["ham10000"]["auc"] == pytest.approx(card["melanoma_auc_ham10000"], abs=2e-3)  # the card's figure
-    other = tmp_path / "other"
-    shutil.copytree(BUNDLED, other)
-    folds = pd.read_csv(other / "folds.csv")
-    folds.loc[0, "fold"] = (folds.loc[0, "fold"] + 1) % 5
-    folds.to_csv(other / "folds.csv", index=False)
-    with pytest.raises(DataError, match="different folds"):
-        compare(BUNDLED, other)

@@ -1,6 +1,6 @@
-"""A real 2-process run on CPU (accelerate's debug_launcher: gloo, forked processes).
+"""Real 2-process runs on CPU through `accelerate launch --multi_gpu` (gloo), as README's rehearsal.
 
-The whole training function runs on two ranks; validation must gather exactly one prediction per
+The whole training function runs on two ranks (status.json records how many formed the group); validation must gather exactly one prediction per
 validation image (accelerate pads the last batch so shards are even; gather_for_metrics must drop
 the padding), and the AUC it reports must equal a single-process evaluation of the saved weights.
 """
@@ -11,41 +11,39 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from test_train_helpers import make_subset, tiny_args
+from conftest import REPO, make_subset, tiny_args
 
 from inference.backbone import data_config
 from inference.model import CLASSES, MelanomaModel
-from train.config import resolve, with_backbone_defaults
 from train.data import LesionDataset, collate, load_sources
 from train.metrics import MEL, auc, softmax
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _train(argv: list[str]) -> None:
-    from train.loop import training_function
-
-    torch.set_num_threads(1)  # two ranks on two cores
-    training_function(with_backbone_defaults(resolve(argv)))
+def _launch(args: list[str], use_cpu: bool, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2 -m train ARGS`, the README's CPU rehearsal."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # two ranks on two cores
+    env.pop("ACCELERATE_USE_CPU", None)
+    if use_cpu:
+        env["ACCELERATE_USE_CPU"] = "yes"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "train", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_two_process_validation_gathers_every_sample_once_and_matches_single_process(data_dir, tmp_path):
     isic, ham = make_subset(tmp_path / "data", data_dir, isic_benign=40, ham_per_dx=8)
     out = tmp_path / "run"
     # eval batch 7 on 2 ranks: the validation fold is (almost surely) not a multiple of 14, so padding happens
-    argv = tiny_args(isic, ham, out, epochs=1, train_folds="[0]", eval_batch_size=7, batch_size=8)
-    # debug_launcher forks; forking this pytest process, whose earlier tests left torch/onnxruntime
-    # thread pools running, can deadlock the children. A fresh interpreter forks cleanly.
-    code = ("import json, sys; from accelerate import debug_launcher; from test_train_distributed import _train; "
-            f"debug_launcher(_train, args=(json.loads({json.dumps(argv)!r}),), num_processes=2)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = _launch(tiny_args(isic, ham, out, epochs=1, train_folds="[0]", eval_batch_size=7, batch_size=8),
+                   use_cpu=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    status = json.loads((out / "status.json").read_text())
+    assert status["processes"] == 2 and status["status"] == "complete"  # two ranks formed one group
+    assert "2 process(es) on cpu" in done.stdout
 
     folds = pd.read_csv(out / "folds.csv", dtype={"image_id": str})
     val_ids = set(folds.image_id[folds.fold == 0])
@@ -70,3 +68,15 @@ def test_two_process_validation_gathers_every_sample_once_and_matches_single_pro
     single_auc = auc(y, softmax(logits)[:, MEL])
     assert single_auc == best["melanoma_auc"] == auc(y, softmax(distributed)[:, MEL])
     assert (out / "model" / "model.safetensors").is_file()  # the main rank finished the run
+
+
+def test_two_processes_that_do_not_form_a_group_stop_and_both_say_why(data_dir, tmp_path):
+    """--multi_gpu without ACCELERATE_USE_CPU on a CPU machine: each rank would train alone into one folder."""
+    isic, ham = make_subset(tmp_path / "data", data_dir, isic_benign=40, ham_per_dx=8)
+    out = tmp_path / "run"
+    done = _launch(tiny_args(isic, ham, out, epochs=1, train_folds="[0]"), use_cpu=False, timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 2 and any("(rank 1)" in e for e in errors), done.stderr[-3000:]
+    assert all("ACCELERATE_USE_CPU=yes" in e for e in errors)
+    assert not out.exists()  # nothing claimed

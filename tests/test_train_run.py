@@ -17,28 +17,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_cli, start_cli, tiny_args
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-from test_train_helpers import make_subset, run_cli, start_cli, tiny_args
 
 from inference import Predictor
 from inference.model import CLASSES
 
 # Timing values (images/s, seconds) legitimately differ between runs; everything else must not.
 TIMING_KEYS = {"train_images_per_s_mean"}
-
-
-@pytest.fixture(scope="module")
-def subset(tmp_path_factory, data_dir):
-    # 39 ISIC melanomas + 60 benign rows and 12 HAM images per diagnosis: ~180 images, both sources.
-    return make_subset(tmp_path_factory.mktemp("subset"), data_dir)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, subset):
-    out = tmp_path_factory.mktemp("ref") / "run"
-    done = run_cli(tiny_args(*subset, out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, done
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -93,13 +80,21 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
     assert 0.0 <= answer["melanoma_probability"] <= 1.0
     assert not any(k.startswith("module.") for k in _weights(model))
 
-    card = (model / "README.md").read_text()
-    assert card.startswith("---\nlicense: cc-by-nc-4.0")
+    card = ModelCard.load(model / "README.md")  # the Hub's own parser reads the metadata back
+    assert card.data.license == "cc-by-nc-4.0" and "melanoma" in card.data.tags and card.data.datasets
+    assert card.data.base_model is None  # backbone_weights none: no ImageNet model to name
+    reported = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert reported["melanoma ROC AUC"] == round(metrics["melanoma_auc"], 4)
+    assert reported["melanoma sensitivity at 90% specificity"] == round(metrics["sensitivity_at_90_specificity"], 4)
+    assert reported["melanoma partial AUC above 80% sensitivity (max 0.2)"] == round(
+        metrics["melanoma_pauc_above_80_tpr"], 4)
+    assert f"{metrics['melanoma_auc']:.3f}" in card.text
     for text in ("not a medical device", "roc.png", "reliability.png", "confusion_matrix.png",
                  "training_curves.png", "HAM10000", "ISIC 2020", "non-commercial", "Limitations",
                  "Differential diagnosis on HAM10000 rows"):
-        assert text in card, text
+        assert text in card.text, text
     assert "Traceback" not in done.stderr
+    assert json.loads((run / "status.json").read_text())["status"] == "complete"
 
 
 def test_killed_after_first_epoch_then_resumed_matches_uninterrupted_run(reference, subset, tmp_path):
@@ -207,7 +202,7 @@ def test_push_uploads_the_complete_model_folder_in_one_commit(fake_hub, subset, 
 def test_nan_loss_stops_keeps_last_good_state_and_never_pushes(fake_hub, subset, tmp_path, monkeypatch, capsys):
     import torch.nn.functional as F
 
-    import train.loop
+    import train.epoch
     from train.loop import main
 
     calls = {"n": 0}
@@ -220,7 +215,7 @@ def test_nan_loss_stops_keeps_last_good_state_and_never_pushes(fake_hub, subset,
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(train.loop, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
+    monkeypatch.setattr(train.epoch, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
     out = tmp_path / "run"
     code = main(tiny_args(*subset, out, train_folds="[0]") + ["--push_to_hub", "someone/melanoma-test"])
     assert code != 0
@@ -238,5 +233,9 @@ def test_time_limit_stops_cleanly_and_resume_finishes(subset, tmp_path, capsys):
     assert main(args + ["--time_limit", "0.001"]) == EXIT_TIME_LIMIT
     assert "time limit" in capsys.readouterr().out
     assert not (out / "model").exists()
+    # the marker the Kaggle notebook reads (the launcher's exit code cannot tell a clean stop from a crash)
+    assert json.loads((out / "status.json").read_text()) == {
+        "status": "time_limit", "folds_done": [], "model_dir": None, "commit": None, "processes": 1}
     assert main(args + ["--resume"]) == 0
     assert (out / "model" / "model.safetensors").is_file()
+    assert json.loads((out / "status.json").read_text())["status"] == "complete"

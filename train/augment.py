@@ -36,9 +36,9 @@ def build(kind: str, image_size: int) -> A.Compose | None:
         A.MotionBlur(blur_limit=5), A.MedianBlur(blur_limit=5), A.GaussianBlur(blur_limit=5),
         A.GaussNoise(std_range=(0.009, 0.021)),
     ], p=0.7)
-    # ElasticTransform(alpha=3) with the default sigma=50 moves pixels by well under one pixel: the exact
-    # version spends 16 ms per 256 px image smoothing the field with a 50-sigma Gaussian; `approximate` and
-    # `same_dxdy` make it 2.3 ms for the same sub-pixel effect (`transform_costs` in bench/training.py).
+    # ElasticTransform(alpha=3) with the default sigma=50 moves pixels by well under one pixel; the exact
+    # version smooths the field with a 50-sigma Gaussian, while `approximate` and `same_dxdy` give the same
+    # sub-pixel effect several times cheaper (bench/training.py times each step: `transform_costs`).
     distortion = A.OneOf([
         A.OpticalDistortion(distort_limit=1.0), A.GridDistortion(num_steps=5, distort_limit=1.0),
         A.ElasticTransform(alpha=3, approximate=True, same_dxdy=True),

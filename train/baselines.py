@@ -30,14 +30,15 @@ from inference.metadata import Metadata, encode, normalize
 from inference.model import CLASSES
 
 from . import metrics as M
-from .config import ConfigError, resolve
-from .data import DataError, ages, load_sources
+from .config import Config, resolve_config
+from .data import ages, load_sources
+from .errors import ConfigError, DataError
 
 
 def encoded(frame: pd.DataFrame) -> np.ndarray:
     """(n, META_DIM) array of the model's metadata encoding of the frame's age, sex and site."""
     rows = [Metadata(age=a, sex=s, site=t) for a, s, t in zip(ages(frame), frame.sex, frame.site)]
-    return np.stack([encode(m).numpy() for m in rows])
+    return np.stack([encode(meta).numpy() for meta in rows])
 
 
 def classifier(seed: int) -> HistGradientBoostingClassifier:
@@ -55,10 +56,10 @@ def _run_files(run: Path) -> tuple[Path, Path]:
     return config, folds
 
 
-def run_rows(run: Path):
+def run_rows(run: Path) -> tuple[Config, pd.DataFrame]:
     """A run's config and its rows (as `load_sources` gives them) with each row's fold from folds.csv."""
     config_path, folds_path = _run_files(run)
-    cfg = resolve(["--config", str(config_path)])
+    cfg = resolve_config(["--config", str(config_path)])
     frame, _ = load_sources(cfg.isic_dirs, cfg.ham_dirs, cfg.isic_duplicates)
     fold_of = pd.read_csv(folds_path, dtype={"image_id": str}).set_index("image_id")["fold"]
     frame = frame[frame.image_id.isin(fold_of.index)].reset_index(drop=True)
@@ -82,12 +83,11 @@ def same_folds(run: Path) -> dict:
     rows = frame.loc[oof.index]
     logits, labels = oof.to_numpy(), y[oof.index]
     temperature = M.fit_temperature(logits, labels)
-    return M.evaluate(logits, labels, rows.source.tolist(), rows.sex.tolist(), ages(rows), rows.site.tolist(),
-                      temperature)
+    return M.evaluate(rows, logits, temperature)
 
 
 def _predictions(run: Path, blank_metadata: bool = False, tta: bool = False, batch_size: int = 64):
-    """The run's published model scored through the Predictor on its validation rows: (rows, probs)."""
+    """The run's published model scored through the Predictor on its validation fold: (rows, probs)."""
     from tqdm.auto import tqdm
 
     from inference import Predictor
@@ -95,7 +95,9 @@ def _predictions(run: Path, blank_metadata: bool = False, tta: bool = False, bat
     cfg, frame = run_rows(run)
     model_dir = run / "model" if (run / "model" / "config.json").is_file() else run
     predictor = Predictor.from_pretrained(model_dir)
-    rows = frame[frame.fold.isin(cfg.folds_to_train)].reset_index(drop=True)
+    # only the published model's own validation fold: the other folds' rows trained it
+    published = json.loads((model_dir / "metrics.json").read_text()).get("published_fold", cfg.folds_to_train[0])
+    rows = frame[frame.fold == published].reset_index(drop=True)
     metadata = {} if blank_metadata else {"ages": ages(rows),
                                           "sexes": rows.sex.tolist(), "sites": rows.site.tolist()}
     desc = " + ".join(["blank metadata"] * blank_metadata + ["TTA"] * tta) or f"score {run}"
@@ -112,8 +114,7 @@ def rescore(run: Path, blank_metadata: bool = False, tta: bool = False) -> dict:
     rows, probs = _predictions(run, blank_metadata, tta)
     logits = np.log(np.clip(probs, 1e-12, None))  # already calibrated: the refitted temperature stays near 1
     labels = rows.label.map(CLASSES.index).to_numpy()
-    return M.evaluate(logits, labels, rows.source.tolist(), rows.sex.tolist(), ages(rows), rows.site.tolist(),
-                      M.fit_temperature(logits, labels))
+    return M.evaluate(rows, logits, M.fit_temperature(logits, labels))
 
 
 def compare(run: Path, other: Path) -> dict:
@@ -146,7 +147,7 @@ def isic_full(csv: Path, n_folds: int = 5, seed: int = 42) -> dict:
     if missing:
         raise DataError(f"{csv} lacks column(s) {', '.join(missing)}.")
     metas = [normalize(a, s, t) for a, s, t in zip(df.age_approx, df.sex, df.anatom_site_general_challenge)]
-    x = np.stack([encode(m).numpy() for m in metas])
+    x = np.stack([encode(meta).numpy() for meta in metas])
     y = df.target.to_numpy().astype(int)
     oof = np.zeros(len(df))
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
@@ -159,11 +160,12 @@ def isic_full(csv: Path, n_folds: int = 5, seed: int = 42) -> dict:
             "sensitivity_at_90_specificity": sens90}
 
 
-def summary(what: str, m: dict) -> str:
-    return (f"{what}: melanoma AUC {m['melanoma_auc']:.3f} (HAM {m['melanoma_auc_ham10000']:.3f}, "
-            f"ISIC {m['melanoma_auc_isic2020']:.3f}), pAUC {m['melanoma_pauc_above_80_tpr']:.3f}, "
-            f"sens@90%spec {m['sensitivity_at_90_specificity']:.3f}, ECE after T {m['ece_after_temperature']:.3f}, "
-            f"diagnosis balanced accuracy {m['diagnosis_balanced_accuracy']:.3f}")
+def summary(what: str, metrics: dict) -> str:
+    return (f"{what}: melanoma AUC {metrics['melanoma_auc']:.3f} (HAM {metrics['melanoma_auc_ham10000']:.3f}, "
+            f"ISIC {metrics['melanoma_auc_isic2020']:.3f}), pAUC {metrics['melanoma_pauc_above_80_tpr']:.3f}, "
+            f"sens@90%spec {metrics['sensitivity_at_90_specificity']:.3f}, "
+            f"ECE after T {metrics['ece_after_temperature']:.3f}, "
+            f"diagnosis balanced accuracy {metrics['diagnosis_balanced_accuracy']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     try:
         if args.run:
-            results["same_folds"] = m = same_folds(args.run)
-            print(summary(f"metadata-only on {args.run} folds", m))
+            results["same_folds"] = scores = same_folds(args.run)
+            print(summary(f"metadata-only on {args.run} folds", scores))
         if args.run and args.blank_metadata:
-            results["fused_blank_metadata"] = m = rescore(args.run, blank_metadata=True)
-            print(summary(f"fused model, metadata all unknown, on {args.run} folds", m))
+            results["fused_blank_metadata"] = scores = rescore(args.run, blank_metadata=True)
+            print(summary(f"fused model, metadata all unknown, on {args.run} folds", scores))
         if args.run and args.tta:
-            results["fused_tta"] = m = rescore(args.run, tta=True)
-            print(summary(f"fused model, 8-view TTA, on {args.run} folds", m))
+            results["fused_tta"] = scores = rescore(args.run, tta=True)
+            print(summary(f"fused model, 8-view TTA, on {args.run} folds", scores))
         if args.run and args.compare:
             results["compare"] = c = compare(args.run, args.compare)
             for source, r in c.items():

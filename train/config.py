@@ -20,9 +20,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad option; the message names it and says what is allowed."""
+from .errors import ConfigError
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -222,7 +220,7 @@ def _cli_value(name: str, text: str) -> Any:
         return text
 
 
-def resolve(argv: list[str] | None = None) -> Config:
+def resolve_config(argv: list[str] | None = None) -> Config:
     """Defaults → YAML (`--config`) → command line. Raises ConfigError (argparse exits on bad flags)."""
     args = vars(build_parser().parse_args(argv))
     values: dict[str, Any] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,14 +29,10 @@ from inference.image import ImageError, open_image, prepare, to_tensor
 from inference.metadata import UNKNOWN, Metadata, encode, normalize
 from inference.model import CLASSES
 
+from .errors import DataError
 
-class DataError(Exception):
-    """Bad input data. The message is for the person running training; it is printed without a traceback."""
-
-    def __init__(self, message: str, every_rank: bool = False) -> None:
-        super().__init__(message)
-        self.every_rank = every_rank  # raised while training on one rank only: that rank must say it
-
+if TYPE_CHECKING:  # albumentations is imported by train/augment.py, where the pipelines are built
+    import albumentations as A
 
 # ISIC 2020 `diagnosis` → model class. All ISIC 2020 malignant rows are melanoma. Benign keratoses,
 # lentigines and lichenoid keratoses are HAM10000's `bkl` ("benign keratosis-like lesions: solar
@@ -123,9 +120,9 @@ def _assemble(frame: pd.DataFrame, source: str, ids: pd.Series, paths: list[str]
         "group": [f"{source}:{g}" for g in groups.astype(str)],
         "label": labels,
         "target": [int(lab == "mel") for lab in labels],
-        "age": [m.age for m in metas],
-        "sex": [m.sex for m in metas],
-        "site": [m.site for m in metas],
+        "age": [meta.age for meta in metas],
+        "sex": [meta.sex for meta in metas],
+        "site": [meta.site for meta in metas],
         "tfrecord": tfrecord.to_numpy() if tfrecord is not None else -1,
     })
 
@@ -236,7 +233,8 @@ class LesionDataset(Dataset):
     """
 
     def __init__(self, frame: pd.DataFrame, image_size: int, mean: list[float], std: list[float],
-                 augment=None, meta_dropout: float = 0.0, use_metadata: bool = True, seed: int = 0) -> None:
+                 augment: A.Compose | None = None, meta_dropout: float = 0.0, use_metadata: bool = True,
+                 seed: int = 0) -> None:
         self.paths = frame["path"].tolist()
         self.labels = torch.tensor([CLASSES.index(c) for c in frame["label"]], dtype=torch.long)
         self.metas = [Metadata(age=a, sex=s, site=t) for a, s, t in zip(ages(frame), frame["sex"], frame["site"])]

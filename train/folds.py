@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .data import DataError
+from .errors import DataError
 
 
 def merged_groups(frame: pd.DataFrame, duplicates: list[tuple[str, str]]) -> pd.Series:

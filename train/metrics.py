@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import (
     balanced_accuracy_score,
@@ -21,6 +22,8 @@ from sklearn.metrics import (
 )
 
 from inference.model import CLASSES, MALIGNANT
+
+from .data import ages
 
 MEL = CLASSES.index("mel")
 MALIGNANT_IDX = [CLASSES.index(c) for c in MALIGNANT]
@@ -104,9 +107,9 @@ def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     total = 0.0
     for b in range(bins):
-        m = which == b
-        if m.any():
-            total += m.mean() * abs(correct[m].mean() - confidence[m].mean())
+        in_bin = which == b
+        if in_bin.any():
+            total += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
     return float(total)
 
 
@@ -140,11 +143,12 @@ def subgroup_table(y: np.ndarray, mel_prob: np.ndarray, values: list[str], thres
     table = {}
     values_arr = np.asarray(values, dtype=object)
     for value in sorted(set(values)):
-        m = values_arr == value
-        sens_within, _ = sensitivity_at_specificity(y[m], mel_prob[m], 0.90)
-        sens_global, spec_global = (rates_at_threshold(y[m], mel_prob[m], threshold) if threshold is not None
-                                    else (None, None))
-        table[value] = {"n": int(m.sum()), "n_melanoma": int(y[m].sum()), "melanoma_auc": auc(y[m], mel_prob[m]),
+        group = values_arr == value
+        sens_within, _ = sensitivity_at_specificity(y[group], mel_prob[group], 0.90)
+        sens_global, spec_global = (rates_at_threshold(y[group], mel_prob[group], threshold)
+                                    if threshold is not None else (None, None))
+        table[value] = {"n": int(group.sum()), "n_melanoma": int(y[group].sum()),
+                        "melanoma_auc": auc(y[group], mel_prob[group]),
                         "sensitivity_at_90_specificity": sens_within,
                         "sensitivity_at_overall_threshold": sens_global,
                         "specificity_at_overall_threshold": spec_global}
@@ -176,10 +180,13 @@ def ham_diagnosis(probs: np.ndarray, labels: np.ndarray) -> dict | None:
     }
 
 
-def evaluate(logits: np.ndarray, labels: np.ndarray, sources: list[str], sexes: list[str], ages: list,
-             sites: list[str], temperature: float) -> dict:
-    """All reported metrics for OOF rows. `labels` are class indices; probabilities use `temperature`."""
-    raw, probs = softmax(logits), softmax(logits, temperature)
+def evaluate(rows: pd.DataFrame, logits: np.ndarray, temperature: float) -> dict:
+    """All reported metrics (metrics.json) for scored rows: `rows` has one row per image with its true
+    `label` (a class name), `source`, `sex`, `age` (NaN = unknown) and `site`; `logits` (n, classes) are
+    aligned with it; probabilities use `temperature`."""
+    labels = rows["label"].map(CLASSES.index).to_numpy()
+    sources, sexes, sites = (rows[c].tolist() for c in ("source", "sex", "site"))
+    raw, probs = softmax(logits, 1.0), softmax(logits, temperature)
     y_mel = (labels == MEL).astype(int)
     y_mal = np.isin(labels, MALIGNANT_IDX).astype(int)
     mel, mal = probs[:, MEL], probs[:, MALIGNANT_IDX].sum(axis=1)
@@ -219,11 +226,7 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, sources: list[str], sexes: 
         "ece_after_temperature": ece(probs.max(axis=1), (pred == labels).astype(float)),
         "melanoma_ece_before_temperature": ece(raw[:, MEL], y_mel.astype(float)),
         "melanoma_ece_after_temperature": ece(mel, y_mel.astype(float)),
-        "subgroups": {
-            "sex": subgroup_table(y_mel, mel, list(sexes), thr90),
-            "age_band": subgroup_table(y_mel, mel, [age_band(a) for a in ages], thr90),
-            "site": subgroup_table(y_mel, mel, list(sites), thr90),
-            "source": subgroup_table(y_mel, mel, list(sources), thr90),
-        },
+        "subgroups": {key: subgroup_table(y_mel, mel, values, thr90) for key, values in (
+            ("sex", sexes), ("age_band", [age_band(a) for a in ages(rows)]), ("site", sites), ("source", sources))},
         "skin_type": SKIN_TYPE_NOTE,
     }

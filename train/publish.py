@@ -1,8 +1,9 @@
 """Push the final model folder to the Hugging Face Hub as ONE commit and return its sha.
 
-Called by the main process only, after a run that finished (or stopped cleanly at --time-limit);
-a failed run raises before reaching it. The folder is checked first: the files the Space needs are
-there and the weights are finite, so a broken model can never become the commit the app pins.
+Called by `python -m train --push_to_hub` (main process only, after the run) and by the Kaggle
+notebook's own push cell, after training has finished; a failed run never reaches it. The folder
+is checked first: the files the Space needs are there and the weights are finite, so a broken
+model can never become the commit the app pins.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from .errors import PushError
+
 REQUIRED = ("config.json", "model.safetensors", "README.md", "metrics.json")
-
-
-class PushError(RuntimeError):
-    every_rank = False
 
 
 def check_folder(folder: Path) -> None:
@@ -29,10 +28,14 @@ def check_folder(folder: Path) -> None:
     assert_finite(MelanomaModel.from_pretrained(str(folder)), "push")
 
 
-def push(folder: Path, repo_id: str, token: str, private: bool = False) -> str:
-    """Upload every file in `folder` in one commit; returns the commit sha to pin in the app."""
+def push(folder: Path, repo_id: str, token: str, private: bool = False, api=None) -> str:
+    """Upload every file in `folder` in one commit; returns the commit sha to pin in the app.
+
+    `api` is anything with HfApi's `create_repo` and `upload_folder` (default: `HfApi(token=token)`);
+    the notebook's rehearsal passes a recorder that uploads nothing."""
+    folder = Path(folder)
     check_folder(folder)
-    api = HfApi(token=token)
+    api = HfApi(token=token) if api is None else api
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
         info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),

@@ -1,0 +1,104 @@
+"""After the folds: OOF predictions, temperature, metrics.json, plots, model card and the final model folder.
+
+Main process only. The published model is the model of the first trained fold (a fixed rule: picking
+the fold with the best score would publish a lucky draw); the out-of-fold metrics estimate how such
+a single fold model does on patients it has not seen. The temperature is fitted on all OOF logits.
+Everything is built in a temporary folder and renamed into `model/` at the end, so `model/` is
+either the previous complete one or the new complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from inference.model import CLASSES, MelanomaModel
+
+from . import metrics as M
+from . import plots
+from .card import model_card
+from .checkpoint import assert_finite, replace_dir
+from .config import Config, to_yaml
+from .onnx_export import export_onnx
+
+LOGITS = [f"logit_{c}" for c in CLASSES]
+
+
+def out_of_fold(run: Path, frame: pd.DataFrame, folds: list[int]) -> pd.DataFrame:
+    """Each trained fold's best-epoch validation logits, one row per image, with the image's metadata."""
+    parts = []
+    for fold in folds:
+        part = pd.read_csv(run / f"fold{fold}" / "best" / "val_predictions.csv", dtype={"image_id": str})
+        part.insert(1, "fold", fold)
+        parts.append(part)
+    info = frame[["image_id", "source", "target", "age", "sex", "site"]]
+    return pd.concat(parts, ignore_index=True).merge(info, on="image_id", how="left", validate="one_to_one")
+
+
+def scored_oof(oof: pd.DataFrame, temperature: float) -> pd.DataFrame:
+    """The OOF table with calibrated class, melanoma and malignant probabilities added."""
+    probs = M.softmax(oof[LOGITS].to_numpy(), temperature)
+    out = oof.copy()
+    for i, c in enumerate(CLASSES):
+        out[f"prob_{c}"] = probs[:, i]
+    out["melanoma_probability"] = probs[:, M.MEL]
+    out["malignant_probability"] = probs[:, M.MALIGNANT_IDX].sum(axis=1)
+    return out
+
+
+def run_summary(cfg: Config, run: Path, folds_done: list[int], partial: bool, history: pd.DataFrame) -> dict:
+    """What metrics.json says about the run itself (beside the scores)."""
+    return {
+        "complete": not partial and folds_done == cfg.folds_to_train,
+        "folds_total": cfg.folds, "folds_requested": cfg.folds_to_train, "folds_trained": folds_done,
+        "per_fold_best": {str(f): json.loads((run / f"fold{f}" / "best" / "best.json").read_text())
+                          for f in folds_done},
+        "published_fold": folds_done[0],
+        "model_selection_note": "Each fold's best epoch is chosen by melanoma AUC on that same validation fold, so "
+                                "these out-of-fold figures are slightly optimistic.",
+        "train_images_per_s_mean": float(history["train_images_per_s"].mean()),
+    }
+
+
+def write_plots(oof: pd.DataFrame, result: dict, history: pd.DataFrame, temperature: float, folder: Path) -> None:
+    labels = oof["label"].map(CLASSES.index).to_numpy()
+    plots.plot_roc(oof, folder / "roc.png")
+    plots.plot_reliability(oof[LOGITS].to_numpy(), labels, temperature, folder / "reliability.png")
+    matrices = [{**result["confusion_matrix"], "title": "all rows, 8 classes"}]
+    if result["diagnosis_ham10000"]:
+        matrices.insert(0, {**result["diagnosis_ham10000"]["confusion_matrix"], "title": "HAM10000 rows, 7 classes"})
+    plots.plot_confusion(matrices, folder / "confusion_matrix.png")
+    plots.plot_curves(history, folder / "training_curves.png")
+
+
+def finalize(cfg: Config, run: Path, frame: pd.DataFrame, folds_done: list[int], partial: bool) -> Path | None:
+    """Build `run/model` from the trained folds; None when no fold has finished yet."""
+    if not folds_done:
+        return None
+    oof = out_of_fold(run, frame, folds_done)
+    temperature = M.fit_temperature(oof[LOGITS].to_numpy(), oof["label"].map(CLASSES.index).to_numpy())
+    result = M.evaluate(oof, oof[LOGITS].to_numpy(), temperature)
+    oof = scored_oof(oof, temperature)
+    oof.to_csv(run / "oof_predictions.csv", index=False)
+    history = pd.concat([pd.read_csv(run / f"fold{f}" / "log.csv") for f in folds_done], ignore_index=True)
+    history.to_csv(run / "log.csv", index=False)
+    result.update(run_summary(cfg, run, folds_done, partial, history))
+
+    model = MelanomaModel.from_pretrained(str(run / f"fold{result['published_fold']}" / "best"))
+    model.set_temperature(temperature)
+    assert_finite(model, "save the final model")
+    tmp = run / ".tmp-model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    export_onnx(model, tmp)  # model.onnx beside the weights: the Space's fast CPU backend, verified against torch
+    write_plots(oof, result, history, temperature, tmp)
+    (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
+    (tmp / "training_config.yaml").write_text(to_yaml(cfg))
+    shutil.copy2(run / "folds.csv", tmp / "folds.csv")  # which rows trained it: card, guard and baselines read it
+    model_card(cfg, result, frame, model.config).save(tmp / "README.md")
+    replace_dir(tmp, run / "model")
+    shutil.copy2(run / "model" / "metrics.json", run / "metrics.json")
+    return run / "model"

@@ -1,0 +1,39 @@
+"""Decisions and data that must agree across training processes (a no-op with one process)."""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from .errors import DataError
+
+
+def any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every process if it is true on one: decisions that end loops must be unanimous."""
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+
+
+def all_ranks(accelerator: Accelerator, items: list[str]) -> list[str]:
+    """Every process's list joined (sorted, without repeats: padding can repeat a row), on every process."""
+    return sorted(set(gather_object(items) if accelerator.num_processes > 1 else items))
+
+
+def check_batch(batch: dict, bad_images: str) -> list[str]:
+    """The batch's unreadable images; with bad_images 'fail' the first one stops training, on this rank."""
+    if batch["errors"] and bad_images == "fail":
+        raise DataError(f"Cannot read image {batch['errors'][0]} Fix or remove it (or run with --bad_images skip).",
+                        same_on_every_rank=False)
+    return list(batch["errors"])
+
+
+def sync_buffers(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Give every process rank 0's BatchNorm statistics before validating.
+
+    Each rank updates its running statistics with its own batches; rank 0's are the ones saved, so
+    they are the ones every rank must evaluate with. DDP's default (broadcast_buffers=True) already
+    re-broadcasts them at each forward; this makes the guarantee independent of that setting.
+    """
+    if accelerator.num_processes > 1:
+        for buffer in accelerator.unwrap_model(model).buffers():
+            torch.distributed.broadcast(buffer, src=0)
