@@ -3,47 +3,121 @@
 Run: `python app.py` (model from $MELANOMA_MODEL: a local folder, a Hub repo id or `repo@revision`;
 default output/default). API: `Client(url).predict(handle_file(path), age, sex, site, api_name="/predict")`
 returns the `Predictor.predict` dict. Uploads are never kept: no flagging, cache files are deleted.
+
+Shape: the handlers are plain module-level functions of (predictor, upload folder, inputs);
+`build_demo` binds them to one loaded predictor and lays out the page last.
 """
 
 from __future__ import annotations
 
+import csv
+import functools
 import html
+import json
 import math
 import os
 import sys
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from inference import CLASS_NAMES, MALIGNANT, Predictor
 from inference.explain import explain
+from inference.hub import parse_source
 from inference.metadata import SITES
+from inference.triage import describe
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_MODEL = HERE / "output" / "default"
+DEFAULT_MODEL = "output/default"  # relative to this file; the page names local models this way
+EXAMPLES = HERE / "examples"
 NOTICE = ("**Research demo, not a diagnosis.** This model has not been clinically validated. "
           "Anyone worried about a skin lesion should see a doctor or dermatologist.")
+REFUSAL = ("## This does not look like a dermoscopic image\nThe model was trained only on dermatoscope photos of "
+           "skin lesions, so it gives no melanoma score for this image. Try a close-up taken through a dermatoscope.")
 # Server settings of the Space (tests launch with the same ones). Every API call is a new Gradio
 # session holding a copy of the page config (~50 KB); the app keeps no per-session state, so few are kept.
 LAUNCH = dict(max_file_size="20mb", show_error=True, ssr_mode=False, enable_monitoring=False, mcp_server=False,
               pwa=False, run_history=False, state_session_capacity=200, footer_links=["api", "gradio", "settings"])
-
-
-def upload_path(image: dict | None, upload_dir: Path) -> str | None:
-    """The path of a file uploaded to this server, or None. Events run with preprocess=False, so Gradio
-    never opens the upload: `inference.open_image` (format allow-list, pixel cap read from the header)
-    is the only parser. Gradio checks only payloads tagged as files, so the folder is checked here too."""
-    if image is None:
-        return None
-    path = image.get("path") if isinstance(image, dict) else None
-    if not isinstance(path, str) or not Path(path).resolve().is_relative_to(upload_dir):
-        raise refuse("Send the image as a file uploaded to this app; other paths and URLs are refused.")
-    return path
+# What each output shows when an input changes (the browser clears the old answer; see build_demo).
+BLANK = {gr.Markdown: "", gr.Number: None, gr.Label: {}, gr.Image: None, gr.JSON: None}
 
 
 def refuse(message: str) -> gr.Error:
     """A message for the person (printed nowhere: it can quote their input)."""
     return gr.Error(html.escape(message, quote=False), title="Cannot score this input", print_exception=False)
+
+
+def upload_path(image: dict | None, uploads: Path) -> str | None:
+    """The path of a file uploaded to this server (examples are copied there too), or None. Events run with
+    preprocess=False, so Gradio never opens the upload: `inference.open_image` (format allow-list, pixel
+    cap read from the header) is the only parser. Gradio checks only payloads tagged as files, so the
+    folder is checked here too."""
+    if image is None:
+        return None
+    path = image.get("path") if isinstance(image, dict) else None
+    if not isinstance(path, str) or not Path(path).resolve().is_relative_to(uploads):
+        raise refuse("Send the image as a file uploaded to this app; other paths and URLs are refused.")
+    return path
+
+
+def predict(predictor: Predictor, uploads: Path, image: dict | None, age: float | None = None,
+            sex: str | None = None, site: str | None = None) -> dict:
+    """Score one dermoscopic image with optional age (0-100), sex and anatomical site; blank = unknown.
+    Returns the inference.Predictor.predict dict: melanoma_probability, malignant_probability,
+    diagnosis (class -> probability, most likely first), in_distribution (false: not a dermoscopic
+    image), ood_score, triage (band with its validation sensitivity/specificity), metadata as read,
+    model_id, model_revision."""
+    path = upload_path(image, uploads)
+    if path is None:
+        raise refuse("No image: upload a dermoscopic photo (JPEG, PNG, WebP, BMP, TIFF or GIF).")
+    if isinstance(age, float) and math.isnan(age):  # `normalize` reads NaN as pandas' blank; a caller's is a bug
+        raise refuse("age: NaN is not allowed; expected a number of years from 0 to 100, or blank for unknown.")
+    try:
+        return predictor.predict(path, age, sex, site)
+    except ValueError as err:  # includes inference.ImageError: both carry a message for people
+        raise refuse(str(err)) from None
+
+
+def show(answer: dict) -> tuple:
+    """(headline, melanoma number, benign/malignant, differential, triage words) for one answer."""
+    if answer["in_distribution"] is False:  # no number at all: a score on a cat or a screenshot misleads
+        return REFUSAL, None, {}, {}, ""
+    mel, malignant = answer["melanoma_probability"], answer["malignant_probability"]
+    headline = f"## Melanoma probability: {mel:.1%}\nBenign {1 - malignant:.1%} · malignant {malignant:.1%}"
+    if answer["in_distribution"] is None:
+        headline += "\n\n*This model has no out-of-scope guard: it cannot tell whether the image is dermoscopic.*"
+    benign_malignant = {"Malignant (melanoma, basal cell carcinoma, AK/IEC)": malignant, "Benign": 1 - malignant}
+    ddx = {CLASS_NAMES[c]: p for c, p in answer["diagnosis"].items()}
+    return headline, mel, benign_malignant, ddx, describe(answer)
+
+
+def heat_map(predictor: Predictor, uploads: Path, image: dict | None, age=None, sex=None, site=None,
+             answer: dict | None = None):
+    if answer is not None and answer.get("in_distribution") is False:
+        return None
+    try:
+        return explain(predictor, upload_path(image, uploads), age, sex, site, display_size=384)[0]
+    except ValueError as err:
+        raise refuse(str(err)) from None
+
+
+def bind(fn, *args):
+    """`fn` with its first arguments fixed; Gradio reads the rest of the signature and the docstring."""
+    bound = functools.partial(fn, *args)
+    bound.__doc__, bound.__name__ = fn.__doc__, fn.__name__
+    return bound
+
+
+def model_name(source: str) -> str:
+    """How the page and the API name a model: a Hub id as given, a local folder relative to this app
+    (or by its own name when it lies elsewhere), never an absolute server path."""
+    name, _ = parse_source(source)
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return name
+    folder = folder.resolve()
+    return folder.relative_to(HERE).as_posix() if folder.is_relative_to(HERE) else folder.name
 
 
 def model_line(predictor: Predictor) -> str:
@@ -52,37 +126,25 @@ def model_line(predictor: Predictor) -> str:
     return f"Answered by model {where}."
 
 
+def examples() -> tuple[list[list], str]:
+    """(rows for gr.Examples, attribution Markdown) from examples/examples.csv."""
+    with open(EXAMPLES / "examples.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    table = [[str(EXAMPLES / r["file"]), float(r["age"]) if r["age"] else None, r["sex"] or "unknown",
+              r["site"] or "unknown"] for r in rows]
+    credits = "; ".join(f"{r['dx']} {r['image_id']}" + (f" ({r['lesion_id']})" if r["lesion_id"] else "")
+                        for r in rows if r["source"] == "HAM10000")
+    others = "; ".join(f"{r['file']}: {r['source']}, {r['licence']}" for r in rows if r["source"] != "HAM10000")
+    return table, (f"Examples: HAM10000 images {credits} — Tschandl, Rosendahl, Kittler, *Scientific Data* 5:180161 "
+                   f"(2018), doi:10.7910/DVN/DBW86T, licence CC BY-NC; from the model's validation fold. {others}.")
+
+
 def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = (600, 600)) -> gr.Blocks:
     """The Blocks app around one loaded predictor; the API endpoint is `/predict`."""
-
-    def predict(image: dict | None, age: float | None = None, sex: str | None = None,
-                site: str | None = None) -> dict:
-        """Score one dermoscopic image with optional age (0-100), sex and anatomical site; blank = unknown.
-        Returns the inference.Predictor.predict dict: melanoma_probability, malignant_probability,
-        diagnosis (class -> probability, most likely first), metadata as read, model_id, model_revision."""
-        path = upload_path(image, uploads)
-        if path is None:
-            raise refuse("No image: upload a dermoscopic photo (JPEG, PNG, WebP, BMP, TIFF or GIF).")
-        if isinstance(age, float) and math.isnan(age):  # `normalize` reads NaN as pandas' blank; a caller's is a bug
-            raise refuse("age: NaN is not allowed; expected a number of years from 0 to 100, or blank for unknown.")
-        try:
-            return predictor.predict(path, age, sex, site)
-        except ValueError as err:  # includes inference.ImageError: both carry a message for people
-            raise refuse(str(err)) from None
-
-    def show(answer: dict):
-        mel, malignant = answer["melanoma_probability"], answer["malignant_probability"]
-        headline = f"## Melanoma probability: {mel:.1%}\nBenign {1 - malignant:.1%} · malignant {malignant:.1%}"
-        benign_malignant = {"Malignant (melanoma, basal cell carcinoma, AK/IEC)": malignant, "Benign": 1 - malignant}
-        ddx = {CLASS_NAMES[c]: p for c, p in answer["diagnosis"].items()}
-        return headline, mel, benign_malignant, ddx
-
-    def heat_map(image: dict | None, age=None, sex=None, site=None):
-        try:
-            return explain(predictor, upload_path(image, uploads), age, sex, site, display_size=384)[0]
-        except ValueError as err:
-            raise refuse(str(err)) from None
-
+    # Where Gradio's upload route writes (read from $GRADIO_TEMP_DIR now, as the components do); it also
+    # copies the examples there (kept for the server's lifetime), so clicking one passes a path inside it.
+    uploads = Path(get_upload_folder()).resolve()
+    example_rows, credits = examples()
     with gr.Blocks(title="Melanoma triage (research demo)", analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(f"# Melanoma triage from a dermoscopic image\n> ⚠️ {NOTICE}")
         with gr.Row():
@@ -96,8 +158,11 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = (600, 600))
                                    allow_custom_value=True)
                 gr.Markdown("Blank or *unknown* fields are treated as unknown; the model was trained with them.")
                 button = gr.Button("Assess", variant="primary")
+                gr.Examples(example_rows, [image, age, sex, site], label="Examples (click one, then Assess)",
+                            elem_id="examples", cache_examples=False)
             with gr.Column():
                 headline = gr.Markdown(elem_id="headline")
+                triage = gr.Markdown(elem_id="triage")
                 mel = gr.Number(label="Melanoma probability (0–1)", precision=4, interactive=False,
                                 elem_id="mel-probability")
                 # No big heading naming the top class: it would read like a diagnosis.
@@ -108,18 +173,20 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = (600, 600))
                 with gr.Accordion("Raw answer (same JSON as the /predict API)", open=False):
                     answer = gr.JSON(label="Answer")
         gr.Markdown(f"{model_line(predictor)} Malignant = {', '.join(CLASS_NAMES[c] for c in MALIGNANT)}. "
-                    "Uploads are deleted from the server within 20 minutes and never logged.")
-        uploads = Path(image.GRADIO_CACHE).resolve()  # where Gradio's upload route writes
-        inputs, outputs = [image, age, sex, site], [headline, mel, benign_malignant, ddx, heat, answer]
+                    "Uploads are deleted from the server within 20 minutes and never logged.\n\n" + credits,
+                    elem_id="footer")
+        inputs, shown = [image, age, sex, site], [headline, mel, benign_malignant, ddx, triage]
+        outputs = [*shown, heat, answer]
         # Gradio 6.31's front end starts an empty Number at 0 (a newborn, not "unknown"): blank it on load.
         demo.load(fn=None, outputs=age, js="() => null")
         # Any change of input clears the old answer, in the browser only.
         gr.on([image.change, age.change, sex.change, site.change], fn=None, outputs=outputs,
-              js="() => ['', null, {}, {}, null, null]")
-        scored = button.click(predict, inputs, answer, api_name="predict", concurrency_id="model", preprocess=False)
-        scored.success(show, answer, [headline, mel, benign_malignant, ddx], api_visibility="private",
-                       concurrency_limit=None, show_progress="hidden")
-        scored.success(heat_map, inputs, heat, api_visibility="private", concurrency_id="model", preprocess=False)
+              js=f"() => {json.dumps([BLANK[type(c)] for c in outputs])}")
+        scored = button.click(bind(predict, predictor, uploads), inputs, answer, api_name="predict",
+                              concurrency_id="model", preprocess=False)
+        scored.success(show, answer, shown, api_visibility="private", concurrency_limit=None, show_progress="hidden")
+        scored.success(bind(heat_map, predictor, uploads), [*inputs, answer], heat, api_visibility="private",
+                       concurrency_id="model", preprocess=False)
     demo.queue(max_size=64, default_concurrency_limit=2, api_open=False)
     return demo
 
@@ -127,14 +194,16 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = (600, 600))
 def load_predictor(source: str) -> Predictor:
     """Load the model or exit with one line saying how to get one (no traceback)."""
     try:
-        return Predictor.from_pretrained(source)
+        predictor = Predictor.from_pretrained(source)
     except Exception as err:  # noqa: BLE001 - any failure to load is reported the same way, on one line
-        reason = " ".join(f"{type(err).__name__}: {err}".split())
+        reason = " ".join(f"{type(err).__name__}: {err}".split()).replace(str(HERE) + os.sep, "")
         sys.exit(f"app.py: cannot load a model from {source!r}: {reason} -- train one with "
                  "`python -m train --config train/configs/cpu_default.yaml` (writes output/default) or set "
                  "MELANOMA_MODEL to a model folder, a Hub repo id or repo@revision.")
+    predictor.model_id = model_name(source)
+    return predictor
 
 
 if __name__ == "__main__":
-    demo = build_demo(load_predictor(os.environ.get("MELANOMA_MODEL") or str(DEFAULT_MODEL)))
+    demo = build_demo(load_predictor(os.environ.get("MELANOMA_MODEL") or str(HERE / DEFAULT_MODEL)))
     demo.launch(**LAUNCH)

@@ -4,8 +4,8 @@
     python bench/inference.py --backbone tf_efficientnet_b3 --size 300 --no-app
 
 Random weights (speed does not depend on them), real ISIC 2020 JPEGs from ../shared/data. All rows
-are measured in one run, so the ratios compare like with like on whatever machine runs it. Targets
-(issue 5): Predictor ≤ 1.15× the bare session; app round trip ≤ Predictor + 30 ms at p50, through
+are measured in one run, so the ratios compare like with like on whatever machine runs it; the
+targets and the latest figures are in README ("Speed"). The app round trip is measured through
 `gradio_client` and through plain HTTP (see `app_round_trips`).
 """
 

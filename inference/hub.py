@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_FILES = ["config.json", "model.safetensors", "model.onnx", "README.md"]
+# The guard and operating-point files are optional: a model without them runs with the guard off.
+MODEL_FILES = ["config.json", "model.safetensors", "model.onnx", "README.md", "guard.safetensors", "guard.json",
+               "operating_points.json"]
 
 
 @dataclass(frozen=True)

@@ -115,10 +115,13 @@ class MelanomaModel(
         return self.backbone.forward_features(image)
 
     def forward_head(self, features: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.head_and_embedding(features, meta)[0]
+
+    def head_and_embedding(self, features: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled image embedding (B, num_features)); the out-of-scope guard reads the embedding."""
         pooled = self.backbone.forward_head(features, pre_logits=True)
-        if self.meta is not None:
-            pooled = torch.cat([pooled, self.meta(meta)], dim=1)
-        return self.head(pooled)
+        joined = torch.cat([pooled, self.meta(meta)], dim=1) if self.meta is not None else pooled
+        return self.head(joined), pooled
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         """Raw (uncalibrated) logits of shape (B, len(classes))."""
@@ -129,7 +132,8 @@ class MelanomaModel(
         """Called by `from_pretrained` with the config values: safetensors only, strict by default."""
         hub_args = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "force_download", "local_files_only", "token")}
         folder = Path(model_id)
-        weights = folder / WEIGHTS_NAME if folder.is_dir() else Path(hf_hub_download(model_id, WEIGHTS_NAME, **hub_args))
+        weights = (folder / WEIGHTS_NAME if folder.is_dir()
+                   else Path(hf_hub_download(model_id, WEIGHTS_NAME, **hub_args)))
         model = cls(**kwargs)
         load_model(model, str(weights), strict=strict, device=map_location)
         return model.eval()

@@ -1,7 +1,9 @@
 """onnxruntime backend: the same logits as the torch model, 2–3× faster on a CPU Space.
 
 `train.onnx_export` writes `model.onnx` beside `model.safetensors` with inputs `image` (B, 3, S, S)
-and `meta` (B, META_DIM) and output `logits` (B, n_classes), batch dimension dynamic. Calibration
+and `meta` (B, META_DIM) and output `logits` (B, n_classes), batch dimension dynamic; `train.fit_guard`
+adds a second output, `embedding` (the pooled backbone features the guard scores), so one run of the
+session gives both. Calibration
 (temperature, softmax) stays in `inference.model.probabilities`, shared by both backends.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 
 ONNX_NAME = "model.onnx"
+EMBEDDING = "embedding"
 
 
 def available() -> bool:
@@ -40,8 +43,16 @@ class OnnxLogits:
         self.path = Path(path)
         # An image-only model (meta_hidden=0) ignores `meta`, and the exporter drops unused inputs.
         self.inputs = {i.name for i in self.session.get_inputs()}
+        self.has_embedding = EMBEDDING in {o.name for o in self.session.get_outputs()}
 
     def __call__(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.run(images, meta, embedding=False)[0]
+
+    def run(self, images: torch.Tensor, meta: torch.Tensor,
+            embedding: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, embedding or None when not asked for or the graph has no such output)."""
         feeds = {"image": images.detach().cpu().float().numpy(), "meta": meta.detach().cpu().float().numpy()}
         feeds = {name: value for name, value in feeds.items() if name in self.inputs}
-        return torch.from_numpy(self.session.run(["logits"], feeds)[0])
+        names = ["logits", EMBEDDING] if embedding and self.has_embedding else ["logits"]
+        outputs = self.session.run(names, feeds)
+        return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1]) if len(outputs) > 1 else None

@@ -2,6 +2,10 @@
 
 Thread-safe: the model is in eval mode, every call runs under `torch.inference_mode` and keeps its
 state on the stack, so one Predictor can serve a multi-threaded web app.
+
+Each answer also says whether the image looks like the dermoscopic images the model was trained on
+(`inference.guard`) and where its melanoma probability falls on the validation scale (`inference.triage`).
+Both come from files beside the weights; a model without them runs, and says so in its answers.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import torch
 
 from . import metadata as md
 from .device import pick_device
+from .guard import UNAVAILABLE, Guard
 from .hub import resolve
 from .image import ImageInput, eval_transform, open_image
 from .model import MALIGNANT, MelanomaModel, probabilities
 from .onnx_backend import ONNX_NAME, OnnxLogits
 from .onnx_backend import available as onnx_available
+from .triage import load_operating_points, triage
 
 
 def dihedral_views(images: torch.Tensor) -> torch.Tensor:
@@ -38,15 +44,17 @@ class Predictor:
     """Scores dermoscopic images with patient metadata using a `MelanomaModel`."""
 
     def __init__(self, model: MelanomaModel, model_id: str = "local", revision: str | None = None,
-                 device: str | None = None, onnx_path: str | Path | None = None) -> None:
+                 device: str | None = None, onnx_path: str | Path | None = None, guard: Guard | None = None,
+                 operating_points: dict | None = None) -> None:
         """`onnx_path` (CPU only) makes onnxruntime compute the logits; the torch model stays loaded
-        for its config and for Grad-CAM explanations."""
+        for its config and for Grad-CAM explanations. `guard` / `operating_points`: see module doc."""
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.model_id, self.revision = model_id, revision
         if onnx_path is not None and self.device.type != "cpu":
             raise ValueError("The onnxruntime backend runs on the CPU; use backend='torch' on CUDA.")
         self.onnx = OnnxLogits(onnx_path) if onnx_path is not None else None
+        self.guard, self.operating_points = guard, operating_points
 
     @property
     def backend(self) -> str:
@@ -70,7 +78,8 @@ class Predictor:
             backend == "auto" and onnx_file.is_file() and pick_device(device).type == "cpu" and onnx_available()
         )
         return cls(model, model_id=resolved.model_id, revision=resolved.revision, device=device,
-                   onnx_path=onnx_file if use_onnx else None)
+                   onnx_path=onnx_file if use_onnx else None, guard=Guard.load(resolved.folder),
+                   operating_points=load_operating_points(resolved.folder))
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -81,23 +90,45 @@ class Predictor:
         m = self.model
         return eval_transform(open_image(image, min_side=m.image_size), m.image_size, m.mean, m.std)
 
-    @torch.inference_mode()
     def probabilities(self, images: torch.Tensor, meta: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """Calibrated class probabilities (B, n_classes) for ready tensors, in one forward pass."""
+        return self.scores(images, meta, tta, embed=False)[0]
+
+    @torch.inference_mode()
+    def scores(self, images: torch.Tensor, meta: torch.Tensor, tta: bool = False,
+               embed: bool = True) -> tuple[torch.Tensor, np.ndarray | None]:
+        """(probabilities (B, n_classes), pooled embeddings (B, D) of the untransformed views, or None).
+
+        The embedding comes out of the same forward pass (onnxruntime: the graph's `embedding`
+        output; torch: the head's input); only an ONNX file without that output costs a second
+        backbone pass, in torch."""
         images, meta = images.to(self.device), meta.to(self.device)
         batch = images.shape[0]
         if tta:
             images, meta = dihedral_views(images), meta.repeat(8, 1)
-        logits = self.onnx(images, meta) if self.onnx is not None else self.model(images, meta)
+        if self.onnx is not None:
+            logits, embedding = self.onnx.run(images, meta, embedding=embed)
+            if embed and embedding is None:
+                embedding = self.model.head_and_embedding(self.model.forward_features(images[:batch]), meta[:batch])[1]
+        else:
+            logits, embedding = self.model.head_and_embedding(self.model.forward_features(images), meta)
         probs = probabilities(logits, self.model.temperature)
-        return probs.view(-1, batch, probs.shape[-1]).mean(dim=0).cpu()
+        # dihedral_views puts the untransformed images first: the guard was fitted on those.
+        pooled = embedding[:batch].float().cpu().numpy() if embed and embedding is not None else None
+        return probs.view(-1, batch, probs.shape[-1]).mean(dim=0).cpu(), pooled
 
-    def _answer(self, probs: torch.Tensor, meta: md.Metadata, tta: bool) -> dict[str, Any]:
+    def _answer(self, probs: torch.Tensor, ood: float | None, meta: md.Metadata, tta: bool) -> dict[str, Any]:
         values = dict(zip(self.classes, (float(p) for p in probs)))
+        guarded = self.guard is not None
         return {
             "melanoma_probability": values["mel"],
             "malignant_probability": sum(values[c] for c in MALIGNANT),
             "diagnosis": dict(sorted(values.items(), key=lambda kv: kv[1], reverse=True)),
+            "in_distribution": bool(ood <= self.guard.threshold) if guarded else None,
+            "ood_score": ood,
+            "guard": {"available": True, "threshold": self.guard.threshold} if guarded else
+                     {"available": False, "reason": UNAVAILABLE},
+            "triage": triage(values["mel"], self.operating_points),
             "metadata": meta.as_dict(),
             "tta": tta,
             "model_id": self.model_id,
@@ -110,7 +141,9 @@ class Predictor:
         """Score one image. Raises ValueError (or its subclass ImageError) for bad input.
 
         Returns a plain dict: melanoma_probability, malignant_probability, diagnosis (class →
-        probability, most likely first), metadata (as interpreted), tta, model_id, model_revision.
+        probability, most likely first), in_distribution (False: not like a dermoscopic image; None:
+        no guard), ood_score, guard, triage (band + validation sensitivity/specificity, or None),
+        metadata (as interpreted), tta, model_id, model_revision, backend.
         """
         return self.predict_batch([image], [age], [sex], [site], tta=tta)[0]
 
@@ -139,8 +172,9 @@ class Predictor:
             # which costs milliseconds per request on a busy 2-core Space.
             pixels = torch.from_numpy(np.stack([self.image_tensor(images[i]).numpy() for i in chunk]))
             encoded = torch.from_numpy(np.stack([md.encode(metas[i]).numpy() for i in chunk]))
-            probs = self.probabilities(pixels, encoded, tta=tta)
-            answers += [self._answer(p, metas[i], tta) for p, i in zip(probs, chunk)]
+            probs, embedding = self.scores(pixels, encoded, tta=tta, embed=self.guard is not None)
+            ood = self.guard.score(embedding).tolist() if self.guard is not None else [None] * len(chunk)
+            answers += [self._answer(p, o, metas[i], tta) for p, o, i in zip(probs, ood, chunk)]
             if progress is not None:
                 progress(len(chunk))
         return answers

@@ -33,14 +33,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def space(tiny_model_dir, tmp_path_factory):
-    """`python app.py` with MELANOMA_MODEL set, as on the Space; yields (url, path of its output log)."""
-    folder = tmp_path_factory.mktemp("space")
+def run_app(folder: Path, model: Path | None):
+    """`python app.py` as on the Space (MELANOMA_MODEL set, or the bundled model when None);
+    yields (url, path of its output log)."""
     port = free_port()
-    env = {**os.environ, "MELANOMA_MODEL": str(tiny_model_dir), "GRADIO_SERVER_PORT": str(port),
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port),
            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_TEMP_DIR": str(folder / "uploads"),
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("MELANOMA_MODEL", None)
+    if model is not None:
+        env["MELANOMA_MODEL"] = str(model)
     log_path = folder / "server.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=folder, env=env, stdout=log,
@@ -65,6 +67,32 @@ def space(tiny_model_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def space(tiny_model_dir, tmp_path_factory):
+    yield from run_app(tmp_path_factory.mktemp("space"), tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def bundled_space(tmp_path_factory):
+    """The Space as shipped: output/default, whose guard and operating points the examples need."""
+    yield from run_app(tmp_path_factory.mktemp("bundled"), None)
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh page; a failed test leaves a full-page screenshot in output/test-artifacts/."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    failures = request.session.testsfailed  # the call's failure is counted before this teardown runs
+    yield page
+    if request.session.testsfailed > failures:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"failed-{request.node.name}.png"), full_page=True)
+    page.close()
+    assert errors == [], errors  # no JavaScript errors on the page
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +126,10 @@ def test_visitor_scores_an_upload_sees_the_heat_map_and_errors(space, browser, t
     page.get_by_role("button", name="Assess").wait_for(timeout=60_000)
     assert page.get_by_text("Research demo, not a diagnosis.").is_visible()
     assert page.get_by_text("fields are treated as unknown").is_visible()
-    assert page.get_by_text(str(tiny_model_dir)).is_visible()  # which model answers
+    # Which model answers, by its folder name only: the server's paths stay private (page and /config).
+    assert page.get_by_text(f"local folder {tiny_model_dir.name}").is_visible()
+    config = httpx.get(f"{url}config").text
+    assert str(tiny_model_dir) not in config and str(REPO) not in config
     age = page.get_by_label("Age in years (0–100)")
     assert age.input_value() == ""  # blank means unknown (not 0)
 
@@ -141,3 +172,52 @@ def test_visitor_scores_an_upload_sees_the_heat_map_and_errors(space, browser, t
     assert errors == [], errors  # no JavaScript errors on the page
     log = log_path.read_text()
     assert MARK not in log and "lower extremity" not in log, log  # nothing about the visitor in the logs
+
+
+def assess_example(page, url: str, row: int) -> None:
+    page.goto(url)
+    page.get_by_role("button", name="Assess").wait_for(timeout=60_000)
+    page.locator("#examples img").nth(row).click()
+    page.locator("#input-image img").wait_for(state="attached", timeout=30_000)
+    page.wait_for_timeout(500)  # the example fills four inputs; their change events clear the outputs first
+    page.get_by_role("button", name="Assess").click()
+
+
+def test_example_shows_its_band_and_heat_map(bundled_space, page):
+    url, _ = bundled_space
+    first = (REPO / "examples" / "examples.csv").read_text().splitlines()[1].split(",")
+    expected = Predictor.from_pretrained(REPO / "output" / "default").predict(
+        REPO / "examples" / first[0], float(first[5]), first[6], first[7])
+    assert expected["in_distribution"] is True
+    assess_example(page, url, 0)
+    band = page.locator("#triage").get_by_text(f"{expected['triage']['band'].capitalize()} band")
+    band.wait_for(timeout=60_000)
+    assert "in validation" in page.locator("#triage").inner_text()
+    shown = re.search(r"Melanoma probability: ([\d.]+)%", page.locator("#headline").inner_text())
+    assert shown and float(shown.group(1)) == pytest.approx(expected["melanoma_probability"] * 100, abs=0.051)
+    heat = page.locator("#heat-map img")
+    heat.wait_for(timeout=60_000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=heat.element_handle(), timeout=30_000)
+    assert page.get_by_text("Tschandl, Rosendahl, Kittler").is_visible()  # the examples' attribution
+    assert page.get_by_text("local folder output/default").is_visible()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app-example.png"), full_page=True)
+
+
+def test_uploaded_cat_is_refused_without_a_number(bundled_space, page, tmp_path):
+    url, _ = bundled_space
+    cat = tmp_path / f"{MARK}-cat.png"
+    from PIL import Image
+    from skimage.data import chelsea
+
+    Image.fromarray(chelsea()).save(cat)
+    page.goto(url)
+    page.get_by_role("button", name="Assess").wait_for(timeout=60_000)
+    upload(page, cat)
+    page.get_by_role("button", name="Assess").click()
+    page.locator("#headline").get_by_text("This does not look like a dermoscopic image").wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)  # let any late output arrive before checking that none did
+    assert "Melanoma probability:" not in page.locator("#headline").inner_text()
+    assert page.locator("#mel-probability input").input_value() == ""
+    assert page.locator("#heat-map img").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "app-refused.png"), full_page=True)

@@ -61,8 +61,8 @@ def test_metadata_changes_the_answer_and_is_echoed(predictor, samples):
 
 def test_tta_is_one_batched_forward_over_eight_views(predictor, samples, monkeypatch):
     calls = []
-    forward = predictor.model.forward
-    monkeypatch.setattr(predictor.model, "forward", lambda x, m: calls.append(x.shape[0]) or forward(x, m))
+    forward = predictor.model.forward_features  # the backbone pass; logits and embedding share it
+    monkeypatch.setattr(predictor.model, "forward_features", lambda x: calls.append(x.shape[0]) or forward(x))
     predictor.predict_batch(samples[0][:3], tta=True)
     assert calls == [24]
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)

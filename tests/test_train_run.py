@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import types
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli, start_cli, tiny_args
+from conftest import REPO, run_cli, start_cli, tiny_args
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -89,6 +90,15 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
     assert reported["melanoma partial AUC above 80% sensitivity (max 0.2)"] == round(
         metrics["melanoma_pauc_above_80_tpr"], 4)
     assert f"{metrics['melanoma_auc']:.3f}" in card.text
+    # every metrics.json key the card template reads exists (Jinja would print a missing one as blank)
+    template = (REPO / "train" / "card_template.md").read_text()
+    expressions = " ".join(re.findall(r"{{.*?}}|{%.*?%}", template, flags=re.S))
+    assert set(re.findall(r"metrics\.(\w+)", expressions)) <= set(metrics)
+    # the published model got its out-of-scope guard and triage lines from its own rows, and the card says so
+    for name in ("guard.safetensors", "guard.json", "operating_points.json", "folds.csv"):
+        assert (model / name).is_file(), name
+    assert "Triage bands" in card.text and "This model has no guard statistics" not in card.text
+    assert predictor.predict(subset[0] / "train" / f"{image}.jpg")["triage"]["band"] in ("low", "intermediate", "high")
     for text in ("not a medical device", "roc.png", "reliability.png", "confusion_matrix.png",
                  "training_curves.png", "HAM10000", "ISIC 2020", "non-commercial", "Limitations",
                  "Differential diagnosis on HAM10000 rows"):

@@ -4,7 +4,8 @@ Markdown body rendered from `card_template.md` by huggingface_hub's Jinja templa
     python -m train.card MODEL_DIR     # re-render MODEL_DIR/README.md from its own files
 
 A model folder holds everything the card needs (metrics.json, training_config.yaml, config.json,
-folds.csv), so a card can be rebuilt after the metrics change without retraining.
+folds.csv, guard.json / operating_points.json when the guard is fitted, card_notes.md), so a card can be
+rebuilt after the guard is refitted or evaluated, without retraining.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ import timm
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from inference.guard import GUARD_JSON
 from inference.model import CLASS_NAMES, CLASSES
+from inference.triage import OPERATING_POINTS
 
 from .config import Config, make
 from .data import HAM_SITE, ISIC_DIAGNOSIS
 
 TEMPLATE = Path(__file__).with_name("card_template.md")
+# Hand-written Markdown kept in the model folder (e.g. comparisons with baselines run after training);
+# the card includes it verbatim after the results, so re-rendering never loses it.
+NOTES = "card_notes.md"
 DATASETS = ["siim-isic-melanoma-classification-2020", "ham10000"]
 TAGS = ["dermatology", "dermoscopy", "melanoma", "medical-imaging", "image-classification", "timm", "pytorch", "onnx"]
 SUBGROUPS = (("sex", "Sex"), ("age_band", "Age band"), ("site", "Anatomical site"), ("source", "Data set"))
@@ -71,8 +77,18 @@ def _data_rows(rows: pd.DataFrame) -> list[dict]:
              "diagnoses": ", ".join(f"{c} {int(n)}" for c, n in counts.loc[s].items() if n)} for s in counts.index]
 
 
-def model_card(cfg: Config, metrics: dict, rows: pd.DataFrame, model_config: dict) -> ModelCard:
-    """The card for a model trained with `cfg`, scored as `metrics` (metrics.json), on `rows` (source, label)."""
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_text(path: Path) -> str | None:
+    return path.read_text().strip() if path.is_file() else None
+
+
+def model_card(cfg: Config, metrics: dict, rows: pd.DataFrame, model_dir: Path) -> ModelCard:
+    """The card for the model in `model_dir`, trained with `cfg` on `rows` (source, label) and scored as
+    `metrics` (metrics.json); its guard and triage sections come from the folder's own files."""
+    model_config = json.loads((model_dir / "config.json").read_text())
     return ModelCard.from_template(
         card_data(cfg, metrics), template_path=str(TEMPLATE), cfg=cfg, metrics=metrics, model_config=model_config,
         f=_f, auc=_auc, g=lambda x: f"{x:g}", classes=CLASSES,
@@ -81,16 +97,17 @@ def model_card(cfg: Config, metrics: dict, rows: pd.DataFrame, model_config: dic
         by_source=", ".join(f"{s}: {n}" for s, n in metrics["n_by_source"].items()), subgroup_titles=SUBGROUPS,
         data_rows=_data_rows(rows), isic_mapping=", ".join(f"{k} → {v}" for k, v in ISIC_DIAGNOSIS.items()),
         ham_mapping=", ".join(f"{k} → {v}" for k, v in HAM_SITE.items()),
-        fold_groups="patient (ISIC) and lesion (HAM)" if rows.source.nunique() > 1 else "patient/lesion")
+        fold_groups="patient (ISIC) and lesion (HAM)" if rows.source.nunique() > 1 else "patient/lesion",
+        guard=_read_json(model_dir / GUARD_JSON), points=_read_json(model_dir / OPERATING_POINTS),
+        pct=lambda x: f"{100 * x:.1f} %", notes=_read_text(model_dir / NOTES))
 
 
 def rerender(model_dir: Path) -> Path:
     """Rewrite MODEL_DIR/README.md from the folder's metrics.json, training_config.yaml, config.json, folds.csv."""
     cfg = make(yaml.safe_load((model_dir / "training_config.yaml").read_text()))
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    config = json.loads((model_dir / "config.json").read_text())
     rows = pd.read_csv(model_dir / "folds.csv", dtype={"image_id": str})
-    model_card(cfg, metrics, rows, config).save(model_dir / "README.md")
+    model_card(cfg, metrics, rows, model_dir).save(model_dir / "README.md")
     return model_dir / "README.md"
 
 

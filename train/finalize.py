@@ -3,6 +3,7 @@
 Main process only. The published model is the model of the first trained fold (a fixed rule: picking
 the fold with the best score would publish a lucky draw); the out-of-fold metrics estimate how such
 a single fold model does on patients it has not seen. The temperature is fitted on all OOF logits.
+The published model also gets its out-of-scope guard and triage lines (train/fit_guard.py).
 Everything is built in a temporary folder and renamed into `model/` at the end, so `model/` is
 either the previous complete one or the new complete one.
 """
@@ -15,14 +16,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from inference.guard import GUARD_ARRAYS, GUARD_JSON
 from inference.model import CLASSES, MelanomaModel
+from inference.triage import OPERATING_POINTS
 
 from . import metrics as M
 from . import plots
 from .card import model_card
 from .checkpoint import assert_finite, replace_dir
 from .config import Config, to_yaml
+from .fit_guard import fit_guard
 from .onnx_export import export_onnx
+from .run_folder import RunData
 
 LOGITS = [f"logit_{c}" for c in CLASSES]
 
@@ -74,10 +79,23 @@ def write_plots(oof: pd.DataFrame, result: dict, history: pd.DataFrame, temperat
     plots.plot_curves(history, folder / "training_curves.png")
 
 
-def finalize(cfg: Config, run: Path, frame: pd.DataFrame, folds_done: list[int], partial: bool) -> Path | None:
+def fit_guard_or_warn(model_dir: Path, data: RunData, fold: int) -> None:
+    """Out-of-scope guard and triage lines for the published model, from its own training and validation
+    rows. Too few validation melanomas for the lines (a tiny run) is a warning: the model works without."""
+    in_fold = data.fold_of == fold
+    try:
+        fit_guard(model_dir, data.frame[~in_fold], data.frame[in_fold], what=f"fold-{fold} validation rows")
+    except ValueError as err:
+        print(f"warning: no out-of-scope guard or triage bands for this model: {err}", flush=True)
+        for name in (GUARD_ARRAYS, GUARD_JSON, OPERATING_POINTS):
+            (model_dir / name).unlink(missing_ok=True)
+
+
+def finalize(cfg: Config, run: Path, data: RunData, folds_done: list[int], partial: bool) -> Path | None:
     """Build `run/model` from the trained folds; None when no fold has finished yet."""
     if not folds_done:
         return None
+    frame = data.frame
     oof = out_of_fold(run, frame, folds_done)
     temperature = M.fit_temperature(oof[LOGITS].to_numpy(), oof["label"].map(CLASSES.index).to_numpy())
     result = M.evaluate(oof, oof[LOGITS].to_numpy(), temperature)
@@ -94,11 +112,12 @@ def finalize(cfg: Config, run: Path, frame: pd.DataFrame, folds_done: list[int],
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     export_onnx(model, tmp)  # model.onnx beside the weights: the Space's fast CPU backend, verified against torch
+    fit_guard_or_warn(tmp, data, result["published_fold"])
     write_plots(oof, result, history, temperature, tmp)
     (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
     (tmp / "training_config.yaml").write_text(to_yaml(cfg))
     shutil.copy2(run / "folds.csv", tmp / "folds.csv")  # which rows trained it: card, guard and baselines read it
-    model_card(cfg, result, frame, model.config).save(tmp / "README.md")
+    model_card(cfg, result, frame, tmp).save(tmp / "README.md")
     replace_dir(tmp, run / "model")
     shutil.copy2(run / "model" / "metrics.json", run / "metrics.json")
     return run / "model"

@@ -212,7 +212,7 @@ def training_function(cfg: Config) -> dict:
     if accelerator.is_main_process:
         if outcome != "complete":
             accelerator.print(f"Stopped by the time limit after folds {done or 'none'}; continue with --resume.")
-        model_dir = finalize(cfg, run, data.frame, done, partial=outcome != "complete")
+        model_dir = finalize(cfg, run, data, done, partial=outcome != "complete")
         if model_dir is not None:
             result["model_dir"] = str(model_dir)
             accelerator.print(f"Model, metrics and card: {model_dir}")

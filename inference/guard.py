@@ -1,0 +1,83 @@
+"""Out-of-scope guard: is this image like the dermoscopic images the model was trained on?
+
+The score is a Mahalanobis distance of the model's own pooled backbone embedding to the training
+images' embeddings (mean and Ledoit-Wolf-shrunk precision, fitted by `train.fit_guard`). Before the
+distance, each embedding is square-rooted (the features are ReLU6 outputs, skewed towards 0) and
+L2-normalised: flat, dark or blank images give small activations that sit close to the training mean
+in raw units, but point in an unusual direction, and only the direction survives normalisation.
+`python -m train.fit_guard --evaluate` measured this against raw, class-conditional and k-NN
+variants; README ("Out-of-scope guard") has the figures.
+
+Files in the model folder, both written by `train.fit_guard`: `guard.safetensors` (arrays `mean`,
+`precision`; float32, no pickle) and `guard.json` (threshold, how it was set, evaluation figures).
+A model without them still runs; its answers say the guard is unavailable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GUARD_ARRAYS = "guard.safetensors"
+GUARD_JSON = "guard.json"
+GUARD_VERSION = "mahalanobis-l2sqrt-v1"  # changes whenever `features` or the score changes
+UNAVAILABLE = ("this model has no out-of-scope guard statistics (guard.safetensors + guard.json); "
+               "fit them with `python -m train.fit_guard --model <folder>`")
+
+
+def features(embedding: np.ndarray) -> np.ndarray:
+    """Pooled backbone embedding (B, D) → the guard's feature space: sqrt, then unit length."""
+    root = np.sqrt(np.clip(np.asarray(embedding, dtype=np.float64), 0.0, None))
+    norm = np.linalg.norm(root, axis=1, keepdims=True)
+    return root / np.maximum(norm, 1e-12)  # an all-zero embedding stays at the origin: far from the mean
+
+
+@dataclass(frozen=True)
+class Guard:
+    mean: np.ndarray  # (D,) float64
+    precision: np.ndarray  # (D, D) float64
+    threshold: float  # scores above it are out of scope
+
+    def score(self, embedding: np.ndarray) -> np.ndarray:
+        """(B, D) pooled embeddings → (B,) squared Mahalanobis distances (bigger = less like training)."""
+        centred = features(embedding) - self.mean
+        return np.einsum("ij,jk,ik->i", centred, self.precision, centred)
+
+    def in_distribution(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) <= self.threshold
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Guard | None":
+        """The folder's guard, or None when it has none. A damaged or foreign one is an error, not None:
+        a guard that silently vanished would let every image through."""
+        folder = Path(folder)
+        arrays, info = folder / GUARD_ARRAYS, folder / GUARD_JSON
+        if not arrays.is_file() and not info.is_file():
+            return None
+        if not (arrays.is_file() and info.is_file()):
+            raise FileNotFoundError(f"{folder} has only one of {GUARD_ARRAYS} and {GUARD_JSON}; "
+                                    "refit both with `python -m train.fit_guard`.")
+        from safetensors.numpy import load_file
+
+        meta = json.loads(info.read_text())
+        if meta.get("version") != GUARD_VERSION:
+            raise ValueError(f"{info}: guard version {meta.get('version')!r}, this code reads {GUARD_VERSION!r}; "
+                             "refit it with `python -m train.fit_guard`.")
+        tensors = load_file(str(arrays))
+        mean, precision = tensors["mean"].astype(np.float64), tensors["precision"].astype(np.float64)
+        if precision.shape != (mean.size, mean.size):
+            raise ValueError(f"{arrays}: precision {precision.shape} does not match mean ({mean.size},).")
+        return cls(mean=mean, precision=precision, threshold=float(meta["threshold"]))
+
+    def save(self, folder: str | Path, info: dict) -> None:
+        """Write both files; `info` (how the threshold was set, figures) goes into guard.json."""
+        from safetensors.numpy import save_file
+
+        folder = Path(folder)
+        save_file({"mean": self.mean.astype(np.float32), "precision": self.precision.astype(np.float32)},
+                  str(folder / GUARD_ARRAYS), metadata={"version": GUARD_VERSION})
+        payload = {"version": GUARD_VERSION, "threshold": self.threshold, **info}
+        (folder / GUARD_JSON).write_text(json.dumps(payload, indent=1) + "\n")

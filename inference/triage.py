@@ -1,0 +1,69 @@
+"""Operating points: put a melanoma probability on the model's own validation scale.
+
+Two lines, both measured on the model's validation images by `train.fit_guard` and stored in
+`operating_points.json` beside the weights (never typed by hand):
+* the *low* line: the highest threshold that still keeps 95 % of validation melanomas above it;
+* the *high* line: the lowest threshold that keeps 90 % of validation non-melanomas below it.
+Below the low line is band `low`, at or above the high line `high`, between them `intermediate`.
+Each answer carries the band, the validation sensitivity/specificity of the line the score was last
+compared with (low and intermediate: the low line; high: the high line) and both lines, so a page can
+say "in validation, 95 % of melanomas scored above this line".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+OPERATING_POINTS = "operating_points.json"
+
+
+def load_operating_points(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / OPERATING_POINTS
+    if not path.is_file():
+        return None
+    points = json.loads(path.read_text())
+    for line in ("low", "high"):
+        if not {"threshold", "sensitivity", "specificity"} <= set(points.get(line, {})):
+            raise ValueError(f"{path}: '{line}' needs threshold, sensitivity and specificity; "
+                             "refit it with `python -m train.fit_guard`.")
+    return points
+
+
+def triage(melanoma_probability: float, points: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The band of one probability, with the validation sensitivity/specificity of its bounding line."""
+    if points is None:
+        return None
+    low, high = points["low"], points["high"]
+    if melanoma_probability >= high["threshold"]:
+        band, line = "high", high
+    elif melanoma_probability < low["threshold"]:
+        band, line = "low", low
+    else:
+        band, line = "intermediate", low
+    keys = ("threshold", "sensitivity", "specificity")
+    return {"band": band, **{k: line[k] for k in keys},
+            "lines": {name: {k: points[name][k] for k in keys} for name in ("low", "high")},
+            "validation": points.get("validation", "")}
+
+
+def describe(answer: dict[str, Any]) -> str:
+    """The band in plain words for the page (Markdown); the numbers come from the answer itself."""
+    t = answer.get("triage")
+    if t is None:
+        return "This model has no validation operating points, so the number cannot be put on a scale."
+    low, high = t["lines"]["low"], t["lines"]["high"]
+    # Percentages, not "n of 10": 187/196 would round to "10 of 10" and overstate the line.
+    mel_above_low = f"{low['sensitivity']:.0%}"
+    other_below_high = f"{high['specificity']:.0%}"
+    if t["band"] == "low":
+        return (f"**Low band**: below the line ({low['threshold']:.1%}) above which, in validation, "
+                f"{mel_above_low} of melanomas scored. A low score does not rule melanoma out.")
+    if t["band"] == "high":
+        return (f"**High band**: at or above the line ({high['threshold']:.1%}) below which, in validation, "
+                f"{other_below_high} of non-melanoma lesions scored; {high['sensitivity']:.0%} of melanomas "
+                "scored above it.")
+    return (f"**Intermediate band**: above the line ({low['threshold']:.1%}) above which, in validation, "
+            f"{mel_above_low} of melanomas scored, but below the line ({high['threshold']:.1%}) below which "
+            f"{other_below_high} of non-melanoma lesions scored.")

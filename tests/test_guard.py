@@ -1,0 +1,158 @@
+"""The out-of-scope guard and the triage bands (inference/guard.py, inference/triage.py, train/fit_guard.py).
+
+On the bundled model: the cat and generated non-lesions are refused, held-out dermoscopic images are
+not, both backends agree. On a tiny model fitted here: the files round-trip, the threshold flags at
+most 2 % of the validation rows, a model without the files still answers (guard unavailable), and
+adding the ONNX embedding output leaves the logits bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from skimage.data import astronaut, chelsea
+
+from inference import Predictor
+from inference.guard import GUARD_ARRAYS, GUARD_JSON, Guard
+from inference.onnx_backend import OnnxLogits
+from inference.triage import OPERATING_POINTS, describe, triage
+from train.fit_guard import add_embedding_output, fit_guard, operating_points, threshold_for
+from train.guard_eval import generated_images
+from train.onnx_export import export_onnx
+
+from conftest import REPO  # pytest puts tests/ on sys.path
+
+BUNDLED = REPO / "output" / "default"
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Predictor:
+    return Predictor.from_pretrained(BUNDLED)
+
+
+@pytest.fixture(scope="module")
+def held_out(data_dir) -> list[str]:
+    """Validation (fold 0) images of the bundled model that are not the examples: 40 of each source."""
+    folds = pd.read_csv(BUNDLED / "folds.csv")
+    val = folds[folds.fold == 0]
+    ham = [str(data_dir / "ham10000" / "images" / f"{i}.jpg") for i in val[val.source == "ham10000"].image_id[::40][:40]]
+    isic = [str(data_dir / "isic2020" / "train" / f"{i}.jpg") for i in val[val.source == "isic2020"].image_id[::13][:40]]
+    return ham + isic
+
+
+def test_bundled_guard_refuses_the_cat_and_keeps_lesions(bundled, held_out):
+    cat = bundled.predict(chelsea())
+    assert cat["in_distribution"] is False and cat["ood_score"] > bundled.guard.threshold
+    assert bundled.predict(astronaut())["in_distribution"] is False
+    answers = bundled.predict_batch(held_out)
+    kept = np.mean([a["in_distribution"] for a in answers])
+    assert kept >= 0.95, kept  # about 98 % expected; 80 images leave room for chance, not for a broken guard
+    assert all(a["guard"]["available"] and isinstance(a["ood_score"], float) for a in answers)
+
+
+def test_generated_non_lesions_are_refused(bundled):
+    images = [im for _, im in generated_images().values()]
+    refused = np.mean([not a["in_distribution"] for a in bundled.predict_batch(images)])
+    assert refused >= 0.95, refused
+
+
+def test_backends_and_tta_agree_on_the_guard(bundled, held_out):
+    torch_backend = Predictor.from_pretrained(BUNDLED, backend="torch")
+    for path in held_out[:3] + [chelsea()]:
+        a, b = bundled.predict(path), torch_backend.predict(path)
+        assert a["in_distribution"] == b["in_distribution"]
+        assert a["ood_score"] == pytest.approx(b["ood_score"], rel=1e-4)
+        assert bundled.predict(path, tta=True)["ood_score"] == pytest.approx(a["ood_score"], rel=1e-6)
+
+
+def test_bundled_triage_comes_from_its_own_validation_points(bundled):
+    points = json.loads((BUNDLED / OPERATING_POINTS).read_text())
+    metrics = json.loads((BUNDLED / "metrics.json").read_text())
+    # The 90 %-specificity line reproduces the training report's sensitivity on the same fold.
+    assert points["high"]["sensitivity"] == pytest.approx(metrics["sensitivity_at_90_specificity"], abs=0.006)
+    assert points["low"]["sensitivity"] >= 0.95 and points["high"]["specificity"] >= 0.90
+    low, high = points["low"]["threshold"], points["high"]["threshold"]
+    assert triage(low / 2, points)["band"] == "low"
+    assert triage((low + high) / 2, points)["band"] == "intermediate"
+    assert triage(high, points)["band"] == "high"
+    answer = bundled.predict(REPO / "examples" / "mel_ISIC_0030798.jpg", 80, "male", "upper extremity")
+    assert answer["triage"]["band"] == ("high" if answer["melanoma_probability"] >= high else
+                                        "low" if answer["melanoma_probability"] < low else "intermediate")
+    assert "in validation" in describe(answer)
+
+
+def test_operating_points_on_known_scores():
+    rng = np.random.default_rng(0)
+    probs = np.concatenate([rng.uniform(0.3, 1.0, 100), rng.uniform(0.0, 0.5, 400)])
+    target = np.r_[np.ones(100), np.zeros(400)]
+    points = operating_points(probs, target, "synthetic")
+    low, high = points["low"], points["high"]
+    assert (probs[target == 1] >= low["threshold"]).mean() == low["sensitivity"] >= 0.95
+    assert (probs[target == 0] < high["threshold"]).mean() == high["specificity"] >= 0.90
+    assert (probs[target == 1] >= low["threshold"] + 1e-9).mean() < 0.95 + 0.011  # the highest such line
+    assert threshold_for(np.arange(100.0), 0.02) == 97.0  # flags 98 and 99: 2 of 100
+
+
+@pytest.fixture(scope="module")
+def fitted_tiny(tiny_model_dir, tmp_path_factory, isic_rows, ham_rows):
+    folder = tmp_path_factory.mktemp("guarded")
+    for f in tiny_model_dir.iterdir():
+        shutil.copy(f, folder)
+    model = Predictor.from_pretrained(folder, backend="torch").model
+    export_onnx(model, folder)
+    rows = pd.concat([isic_rows.head(120)[["path", "target"]], ham_rows.head(120).assign(
+        target=lambda d: (d.dx == "mel").astype(int))[["path", "target"]]], ignore_index=True)
+    rows.loc[:39, "target"] = 1  # the tiny random model needs ≥ 20 melanomas for the operating points
+    summary = fit_guard(folder, rows.iloc[::2], rows.iloc[1::2])
+    return folder, summary, rows.iloc[1::2]
+
+
+def test_fit_guard_writes_files_that_round_trip(fitted_tiny):
+    folder, summary, val = fitted_tiny
+    assert {GUARD_ARRAYS, GUARD_JSON, OPERATING_POINTS} <= {f.name for f in folder.iterdir()}
+    guard = Guard.load(folder)
+    assert guard.threshold == summary["guard"]["threshold"]
+    scores = summary["validation_scores"]
+    assert (scores > guard.threshold).mean() <= 0.02
+    predictor = Predictor.from_pretrained(folder)
+    assert predictor.backend == "onnxruntime" and predictor.onnx.has_embedding
+    answers = predictor.predict_batch(list(val.path[:8]))
+    np.testing.assert_allclose([a["ood_score"] for a in answers], scores[:8], rtol=1e-4)
+    assert json.loads((folder / GUARD_JSON).read_text())["max_flagged"] == 0.02
+
+
+def test_embedding_output_keeps_logits_identical(fitted_tiny, tmp_path):
+    folder, _, _ = fitted_tiny
+    assert add_embedding_output(folder / "model.onnx") is False  # already there: left alone
+    model = Predictor.from_pretrained(folder, backend="torch").model
+    export_onnx(model, tmp_path)
+    plain = OnnxLogits(tmp_path / "model.onnx")
+    assert not plain.has_embedding
+    assert add_embedding_output(tmp_path / "model.onnx") is True
+    images, meta = torch.randn(4, 3, model.image_size, model.image_size), torch.rand(4, 12)
+    logits, embedding = OnnxLogits(tmp_path / "model.onnx").run(images, meta)
+    assert torch.equal(logits, plain(images, meta))
+    with torch.inference_mode():
+        expected = model.head_and_embedding(model.forward_features(images), meta)[1]
+    torch.testing.assert_close(embedding, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_model_without_guard_answers_and_says_so(tiny_model_dir, isic_rows):
+    answer = Predictor.from_pretrained(tiny_model_dir).predict(isic_rows.path.iloc[0])
+    assert answer["in_distribution"] is None and answer["ood_score"] is None and answer["triage"] is None
+    assert answer["guard"]["available"] is False and "fit_guard" in answer["guard"]["reason"]
+    assert 0.0 <= answer["melanoma_probability"] <= 1.0
+
+
+def test_half_a_guard_is_an_error_not_silence(fitted_tiny, tmp_path):
+    folder, _, _ = fitted_tiny
+    for f in folder.iterdir():
+        if f.name != GUARD_JSON:
+            shutil.copy(f, tmp_path)
+    with pytest.raises(FileNotFoundError, match="only one of"):
+        Predictor.from_pretrained(tmp_path)

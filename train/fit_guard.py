@@ -1,0 +1,192 @@
+"""Fit the out-of-scope guard and the operating points for an existing model folder.
+
+    python -m train.fit_guard --model output/default              # data paths from its training_config.yaml
+    python -m train.fit_guard --model output/default --evaluate   # then measure it (train.guard_eval)
+
+The guard statistics come from the model's training rows, the guard threshold and the triage
+lines from its validation rows (folds.csv: the fold the model was validated on), all scored by the
+model itself through `inference.Predictor`. Training can call `fit_guard(model_dir, train_rows,
+val_rows)` at the end of a run. The ONNX file gains an `embedding` output (the pooled features, a
+tensor the graph already computes), so the guard costs no second forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from inference import Predictor
+from inference import metadata as md
+from inference.guard import Guard, features
+from inference.onnx_backend import EMBEDDING, ONNX_NAME, OnnxLogits
+from inference.triage import OPERATING_POINTS
+
+from .errors import DataError
+
+
+def add_embedding_output(onnx_path: Path) -> bool:
+    """Expose the pooled embedding (input of the head's concat, or of the head) as output `embedding`.
+
+    Only an Identity node and an output are added; the logits must stay bit-identical, which is
+    checked on random inputs before the file is replaced. Returns False if it was already there."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    if any(o.name == EMBEDDING for o in graph.output):
+        return False
+    made_by = {out: node for node in graph.node for out in node.output}
+    pooled = made_by["logits"].input[0]
+    if made_by[pooled].op_type == "Concat":  # fused model: [pooled image, metadata MLP]
+        pooled = made_by[pooled].input[0]
+    graph.node.append(helper.make_node("Identity", [pooled], [EMBEDDING], name="guard_embedding"))
+    graph.output.append(helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["batch", None]))
+    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as tmp:
+        candidate = Path(tmp) / ONNX_NAME
+        onnx.save(model, str(candidate))
+        before, after = OnnxLogits(onnx_path, threads=1), OnnxLogits(candidate, threads=1)
+        size = before.session.get_inputs()[0].shape[-1]
+        torch.manual_seed(0)
+        images, meta = torch.randn(3, 3, size, size), torch.rand(3, md.META_DIM)
+        logits, embedding = after.run(images, meta)
+        if not torch.equal(before(images, meta), logits) or embedding is None:
+            raise RuntimeError(f"{onnx_path}: adding the embedding output changed the logits; file left as it was.")
+        candidate.replace(onnx_path)
+    return True
+
+
+def score_rows(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled embeddings (N, D), melanoma probabilities (N,)) for rows with `path` (+ age/sex/site)."""
+    meta = [md.encode(md.normalize(*(None if pd.isna(v) else v for v in (r.get("age"), r.get("sex"), r.get("site")))))
+            .numpy() for r in rows.to_dict("records")]
+    mel = predictor.classes.index("mel")
+    embeddings, probs = [], []
+    for start in range(0, len(rows), batch_size):
+        paths = rows["path"].iloc[start:start + batch_size]
+        pixels = torch.from_numpy(np.stack([predictor.image_tensor(p).numpy() for p in paths]))
+        p, e = predictor.scores(pixels, torch.from_numpy(np.stack(meta[start:start + len(paths)])))
+        embeddings.append(e)
+        probs.append(p[:, mel].numpy())
+    return np.concatenate(embeddings), np.concatenate(probs)
+
+
+def fit_statistics(train_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and Ledoit-Wolf precision of the guard features, rounded to the float32 that is stored."""
+    from sklearn.covariance import LedoitWolf
+
+    x = features(train_embeddings)
+    fitted = LedoitWolf().fit(x)
+    return (fitted.location_.astype(np.float32).astype(np.float64),
+            fitted.precision_.astype(np.float32).astype(np.float64))
+
+
+def threshold_for(scores: np.ndarray, max_flagged: float) -> float:
+    """The smallest threshold that flags (score > threshold) at most `max_flagged` of `scores`."""
+    ordered = np.sort(scores)
+    allowed = int(np.floor(max_flagged * len(ordered)))
+    return float(ordered[len(ordered) - allowed - 1])
+
+
+def operating_points(probs: np.ndarray, target: np.ndarray, what: str) -> dict:
+    """The low (95 % sensitivity) and high (90 % specificity) lines on these validation scores."""
+    mel, other = np.sort(probs[target == 1]), np.sort(probs[target == 0])
+    if len(mel) < 20 or len(other) < 20:
+        raise ValueError(f"operating points need ≥ 20 melanomas and ≥ 20 others, got {len(mel)} and {len(other)}.")
+
+    def line(threshold: float) -> dict:
+        above = int((mel >= threshold).sum())
+        below = int((other < threshold).sum())
+        return {"threshold": float(threshold), "sensitivity": above / len(mel), "specificity": below / len(other),
+                "melanomas_above": above, "others_below": below}
+
+    low = mel[int(np.floor(0.05 * len(mel)))]  # highest line with ≥ 95 % of melanomas at or above it
+    high = other[int(np.ceil(0.90 * len(other)))]  # lowest line with ≥ 90 % of others strictly below it
+    return {"validation": what, "n_melanoma": len(mel), "n_other": len(other),
+            "low": {"rule": "95 % sensitivity", **line(low)}, "high": {"rule": "90 % specificity", **line(high)}}
+
+
+def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame, max_flagged: float = 0.02,
+              what: str = "validation rows") -> dict:
+    """Fit guard.safetensors + guard.json and operating_points.json in `model_dir`; returns a summary.
+
+    train_rows: `path` (images the model was trained on). val_rows: `path`, `target` (1 = melanoma),
+    optional age/sex/site. The threshold flags at most `max_flagged` of the validation images."""
+    model_dir = Path(model_dir)
+    if (model_dir / ONNX_NAME).is_file():
+        add_embedding_output(model_dir / ONNX_NAME)
+    predictor = Predictor.from_pretrained(model_dir)
+    mean, precision = fit_statistics(score_rows(predictor, train_rows)[0])
+    val_embeddings, val_probs = score_rows(predictor, val_rows)
+    scores = Guard(mean, precision, np.inf).score(val_embeddings)
+    guard = Guard(mean, precision, threshold_for(scores, max_flagged))
+    flagged = float((scores > guard.threshold).mean())
+    info = {"fitted_on": f"{len(train_rows)} training images", "threshold_set_on": f"{len(val_rows)} {what}",
+            "max_flagged": max_flagged, "validation_flagged": flagged}
+    guard.save(model_dir, info)
+    points = operating_points(val_probs, val_rows["target"].to_numpy(), f"{len(val_rows)} {what}")
+    (model_dir / OPERATING_POINTS).write_text(json.dumps(points, indent=1) + "\n")
+    return {"guard": {"threshold": guard.threshold, **info}, "operating_points": points,
+            "validation_scores": scores, "validation_probabilities": val_probs}
+
+
+def model_rows(model_dir: Path, isic_dirs: list[str] | None, ham_dirs: list[str] | None,
+               fold: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, validation rows) of a model folder from its folds.csv and training_config.yaml."""
+    import yaml
+
+    from train.data import load_sources
+
+    config = yaml.safe_load((model_dir / "training_config.yaml").read_text())
+    if fold is None:
+        if len(config.get("train_folds") or []) != 1:
+            raise ValueError("the model was trained on several folds: pass --fold (the one it was validated on).")
+        fold = int(config["train_folds"][0])
+    frame, _ = load_sources(isic_dirs or config["isic_dirs"], ham_dirs or config["ham_dirs"], "none")
+    folds = pd.read_csv(model_dir / "folds.csv", usecols=["image_id", "fold"])
+    rows = frame.merge(folds, on="image_id", how="inner", validate="one_to_one")
+    if len(rows) != len(folds):
+        raise ValueError(f"{len(folds) - len(rows)} rows of folds.csv have no image in the data folders given.")
+    return rows[rows.fold != fold].reset_index(drop=True), rows[rows.fold == fold].reset_index(drop=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="model folder with folds.csv")
+    parser.add_argument("--isic_dirs", nargs="*", help="default: the model's training_config.yaml")
+    parser.add_argument("--ham_dirs", nargs="*", help="default: the model's training_config.yaml")
+    parser.add_argument("--fold", type=int, help="the validation fold (default: the config's one train fold)")
+    parser.add_argument("--max_flagged", type=float, default=0.02)
+    parser.add_argument("--evaluate", action="store_true", help="measure the guard after fitting (or as fitted)")
+    parser.add_argument("--no_fit", action="store_true", help="with --evaluate: keep the fitted files")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:
+        train_rows, val_rows = model_rows(args.model, args.isic_dirs, args.ham_dirs, args.fold)
+        if not args.no_fit:
+            fitted = fit_guard(args.model, train_rows, val_rows, args.max_flagged, what="validation (fold) rows")
+            g, p = fitted["guard"], fitted["operating_points"]
+            print(f"guard: threshold {g['threshold']:.2f}, "
+                  f"flags {g['validation_flagged']:.2%} of {g['threshold_set_on']}")
+            for name in ("low", "high"):
+                line = p[name]
+                print(f"{name} line ({line['rule']}): {line['threshold']:.4f}  sensitivity {line['sensitivity']:.3f} "
+                      f"({line['melanomas_above']}/{p['n_melanoma']})  specificity {line['specificity']:.3f} "
+                      f"({line['others_below']}/{p['n_other']})")
+        if args.evaluate:
+            from train.guard_eval import evaluate
+
+            evaluate(args.model, val_rows)
+    except (ValueError, FileNotFoundError, RuntimeError, DataError) as err:
+        sys.exit(f"fit_guard: {err}")
+
+
+if __name__ == "__main__":
+    main()
