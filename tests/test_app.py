@@ -34,15 +34,16 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from conftest import REPO
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from inference import Predictor
 
-REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
 import app  # noqa: E402  (app.py sits at the repository root; the Blocks it builds have analytics off)
 
 MARK = "secret-patient"  # every file this module uploads is named with it; it must never reach the logs

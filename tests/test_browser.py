@@ -14,12 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import REPO
 
 from inference import CLASS_NAMES, Predictor
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "output" / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

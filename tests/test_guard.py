@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO  # pytest puts tests/ on sys.path
 from skimage.data import astronaut, chelsea
 
 from inference import Predictor
@@ -24,8 +25,6 @@ from inference.triage import OPERATING_POINTS, describe, triage
 from train.fit_guard import add_embedding_output, fit_guard, operating_points, threshold_for
 from train.guard_eval import generated_images
 from train.onnx_export import export_onnx
-
-from conftest import REPO  # pytest puts tests/ on sys.path
 
 BUNDLED = REPO / "output" / "default"
 

@@ -1,9 +1,9 @@
 """The eval transform and safe image opening, on real images and on awkward files built here."""
 
 import io
+import struct
 import time
 import zlib
-import struct
 
 import numpy as np
 import pytest

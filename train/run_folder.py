@@ -88,8 +88,3 @@ def write_status(run: Path, status: dict) -> None:
     tmp = run / f".{STATUS}.tmp"
     tmp.write_text(json.dumps(status, indent=1) + "\n")
     os.replace(tmp, run / STATUS)
-
-
-def read_status(run: Path) -> dict | None:
-    path = Path(run) / STATUS
-    return json.loads(path.read_text()) if path.is_file() else None
