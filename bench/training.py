@@ -7,7 +7,7 @@
 
 Any training option (`python -m train --help`) may follow and overrides the config, e.g. `--image_size 320`.
 
-1. Loop efficiency. Images/s of `train.loop.train_one_epoch` (the code that trains the model: DataLoader
+1. Loop efficiency. Images/s of `train.epoch.train_one_epoch` (the code that trains the model: DataLoader
    workers decoding real JPEGs, albumentations, metadata, weighted loss, clipping, AdamW, accelerate) vs the
    same model, batch, loss and optimizer stepping on one ready batch. Target: real / bare ≥ 0.9.
 2. The data pipeline alone: `LesionDataset` (decode + resize/crop + the config's augmentation + normalise +

@@ -120,15 +120,17 @@ class Predictor:
     def _answer(self, probs: torch.Tensor, ood: float | None, meta: md.Metadata, tta: bool) -> dict[str, Any]:
         values = dict(zip(self.classes, (float(p) for p in probs)))
         guarded = self.guard is not None
+        in_distribution = bool(ood <= self.guard.threshold) if guarded else None
         return {
             "melanoma_probability": values["mel"],
             "malignant_probability": sum(values[c] for c in MALIGNANT),
             "diagnosis": dict(sorted(values.items(), key=lambda kv: kv[1], reverse=True)),
-            "in_distribution": bool(ood <= self.guard.threshold) if guarded else None,
+            "in_distribution": in_distribution,
             "ood_score": ood,
             "guard": {"available": True, "threshold": self.guard.threshold} if guarded else
                      {"available": False, "reason": UNAVAILABLE},
-            "triage": triage(values["mel"], self.operating_points),
+            # no band for an image the guard refuses: a program reading only `triage` must not act on a cat
+            "triage": None if in_distribution is False else triage(values["mel"], self.operating_points),
             "metadata": meta.as_dict(),
             "tta": tta,
             "model_id": self.model_id,
