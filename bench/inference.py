@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--no-app", action="store_true", help="skip the gradio_client round trip")
+    parser.add_argument("--json", type=Path, help="also write the headline figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -153,11 +154,16 @@ def main() -> None:
         print(f"batch {batch}: Predictor / bare session = "
               f"{rows[f'Predictor (onnx): decode+transform+model, batch {batch}'][0] / ready:.2f}x (target <= 1.15x); "
               f"torch eager / onnxruntime = {rows[f'torch eager, ready tensor, batch {batch}'][0] / ready:.2f}x")
+    predictor = rows["Predictor (onnx): decode+transform+model, batch 1"][0]
     if not args.no_app:
-        predictor = rows["Predictor (onnx): decode+transform+model, batch 1"][0]
         for name in ("app via gradio_client, batch 1", "app via plain HTTP + server-sent events, batch 1"):
             print(f"{name.removesuffix(', batch 1')} - Predictor = {rows[name][0] - predictor:+.1f} ms at p50 "
                   "(target <= +30 ms)")
+    if args.json:  # p50 figures of this run, under the names the project's targets use
+        session = rows["onnxruntime session, ready tensor, batch 1"][0]
+        figures = {"predictor_bs1_ms": predictor, "predictor_over_session_bs1": predictor / session,
+                   "session_bs1_ms": session}
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ between the table the scripts print and the ratios README quotes, and the rows t
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -36,13 +37,19 @@ def row(name: str, text: str, column: int = 0) -> float:
     raise AssertionError(f"no row {name!r} in:\n{text}")
 
 
-def test_training_bench_summary_follows_from_its_rows(data_dir):
-    out = run("bench/training.py", "--batches", "2", "--pipeline-images", "32", "--data", str(data_dir))
+def test_training_bench_summary_follows_from_its_rows(data_dir, tmp_path):
+    out = run("bench/training.py", "--batches", "2", "--pipeline-images", "32", "--data", str(data_dir),
+              "--json", str(tmp_path / "training.json"))
+    figures = json.loads((tmp_path / "training.json").read_text())
     loop = row("real training loop (train_one_epoch, 2 batches)", out)
     bare = row("bare forward/backward/step on one ready batch", out)
     assert number(r"real loop / bare fwd-bwd = ([\d.]+)", out) == pytest.approx(loop / bare, abs=0.006)
+    assert figures["loop_over_bare"] == pytest.approx(loop / bare, abs=0.006)
     whole = row("pipeline at 256 px, 1 core: whole pipeline: Dataset + collate", out)
     assert number(r"data pipeline at 256 px = (\d+) images/s per core", out) == pytest.approx(whole, abs=0.6)
+    assert figures["pipeline_per_core_256"] == pytest.approx(whole, abs=0.6)
+    from_512 = row("pipeline at 384 px from 512 px JPEGs, 1 core: whole pipeline: Dataset + collate", out)
+    assert figures["pipeline_per_core_384_from_512"] == pytest.approx(from_512, abs=0.6) and from_512 > 0
     # the whole pipeline cannot beat its slowest stage, each measured alone on the same images
     stages = [row(f"pipeline at 256 px, 1 core: {s}", out) for s in (
         "decode (open_image, EXIF, RGB)", "resize + centre crop to 256 px", "augment ('strong')")]
@@ -50,8 +57,13 @@ def test_training_bench_summary_follows_from_its_rows(data_dir):
     assert "its dearest steps, each alone on every image: CLAHE" in out
 
 
-def test_inference_bench_ratios_follow_from_its_rows(data_dir):
-    out = run("bench/inference.py", "--runs", "2", "--data", str(data_dir))
+def test_inference_bench_ratios_follow_from_its_rows(data_dir, tmp_path):
+    out = run("bench/inference.py", "--runs", "2", "--data", str(data_dir), "--json", str(tmp_path / "inference.json"))
+    figures = json.loads((tmp_path / "inference.json").read_text())
+    session1 = row("onnxruntime session, ready tensor, batch 1", out)
+    assert figures["predictor_bs1_ms"] == pytest.approx(row("Predictor (onnx): decode+transform+model, batch 1", out),
+                                                        abs=0.006)
+    assert figures["predictor_over_session_bs1"] == pytest.approx(figures["predictor_bs1_ms"] / session1, rel=1e-3)
     for batch in (1, 32):
         session = row(f"onnxruntime session, ready tensor, batch {batch}", out)
         eager = row(f"torch eager, ready tensor, batch {batch}", out)
