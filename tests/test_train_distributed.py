@@ -77,6 +77,6 @@ def test_two_processes_that_do_not_form_a_group_stop_and_both_say_why(data_dir, 
     done = _launch(tiny_args(isic, ham, out, epochs=1, train_folds="[0]"), use_cpu=False, timeout=300)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
-    assert len(errors) == 2 and any("(rank 1)" in e for e in errors), done.stderr[-3000:]
+    assert len(errors) == 2 and any(e.startswith("error (rank 1): ") for e in errors), done.stderr[-3000:]
     assert all("ACCELERATE_USE_CPU=yes" in e for e in errors)
     assert not out.exists()  # nothing claimed

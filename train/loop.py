@@ -233,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainError as err:
         if rank == 0 or not err.same_on_every_rank:
             where = "" if rank == 0 else f" (rank {rank})"
-            print(f"error{where}: " + " ".join(str(err).split()), file=sys.stderr, flush=True)
+            # one write of the whole line: ranks share the launcher's stderr, and print() writes the text and
+            # its newline separately, so two ranks' lines could run together
+            sys.stderr.write(f"error{where}: " + " ".join(str(err).split()) + "\n")
+            sys.stderr.flush()
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
