@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--no-app", action="store_true", help="skip the gradio_client round trip")
+    parser.add_argument("--model", type=Path, help="time this model folder (e.g. output/default, with its guard) "
+                                                   "instead of a random --backbone at --size")
     parser.add_argument("--json", type=Path, help="also write the headline figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,11 +106,16 @@ def main() -> None:
 
     images = sorted((args.data / "isic2020" / "train").glob("*.jpg"))[:32]
     folder = Path(tempfile.mkdtemp(prefix="bench_"))
-    model = MelanomaModel(backbone=args.backbone, **{**data_config(args.backbone), "image_size": args.size})
-    model.save_pretrained(folder)
-    export_onnx(model, folder)
-    onnx = Predictor.from_pretrained(folder, backend="onnx")
-    eager = Predictor.from_pretrained(folder, backend="torch")
+    if args.model:
+        model_dir = args.model
+    else:
+        model = MelanomaModel(backbone=args.backbone, **{**data_config(args.backbone), "image_size": args.size})
+        model.save_pretrained(folder)
+        export_onnx(model, folder)
+        model_dir = folder
+    onnx = Predictor.from_pretrained(model_dir, backend="onnx")
+    args.backbone, args.size = onnx.model.backbone_name, onnx.model.image_size  # what was really timed
+    eager = Predictor.from_pretrained(model_dir, backend="torch")
     rows: dict[str, tuple[float, float]] = {}
     for batch in (1, 32):
         paths = [str(p) for p in images[:batch]]
