@@ -10,9 +10,10 @@ Any training option (`python -m train --help`) may follow and overrides the conf
 1. Loop efficiency. Images/s of `train.epoch.train_one_epoch` (the code that trains the model: DataLoader
    workers decoding real JPEGs, albumentations, metadata, weighted loss, clipping, AdamW, accelerate) vs the
    same model, batch, loss and optimizer stepping on one ready batch. Target: real / bare ≥ 0.9.
-2. The data pipeline alone: `LesionDataset` (decode + resize/crop + the config's augmentation + normalise +
-   metadata) + `collate`, in this process with one thread, at 256 px: images/s per core (target ≥ 400),
-   with each stage timed on its own so the slow one is named.
+2. The data pipeline alone: `LesionDataset` (decode + resize/crop + the config's augmentation + metadata, uint8
+   pixels) + `collate`, in this process with one thread, at 256 px: images/s per core (target ≥ 400), with each
+   stage timed on its own so the slow one is named; and at 384 px from 512 px JPEGs (target ≥ 200). The
+   normalisation to float runs on the batch on the device, in the loop: it is timed, per image, apart.
 
 3. Per GPU (per process): images/s of that same real loop on each process, the share of its step time spent
    waiting for the loader (a share near 1 means the CPUs, not the GPU, set the pace) and peak GPU memory.
@@ -47,12 +48,12 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from inference.backbone import data_config  # noqa: E402
-from inference.image import open_image, prepare, to_tensor  # noqa: E402
+from inference.image import normalize, open_image, prepare  # noqa: E402
 from inference.metadata import encode  # noqa: E402
 from train import augment  # noqa: E402
 from train.config import Config, make, resolve_config, with_backbone_defaults  # noqa: E402
 from train.data import LesionDataset, class_weights, collate, load_sources  # noqa: E402
-from train.epoch import Clock, train_one_epoch  # noqa: E402
+from train.epoch import Clock, model_input, train_one_epoch  # noqa: E402
 from train.setup import build_model, param_groups  # noqa: E402
 
 
@@ -63,9 +64,8 @@ def rows_for(cfg: Config, n: int, seed: int = 0):
 
 
 def dataset(cfg: Config, rows, size: int) -> LesionDataset:
-    dc = data_config(cfg.backbone)
-    return LesionDataset(rows, size, dc["mean"], dc["std"], augment.build(cfg.augment, size), cfg.meta_dropout,
-                         cfg.metadata_mode == "fused", seed=cfg.seed)
+    return LesionDataset(rows, size, augment.build(cfg.augment, size), cfg.meta_dropout, cfg.metadata_mode == "fused",
+                         seed=cfg.seed)
 
 
 class TimedLoader:
@@ -176,7 +176,7 @@ def smoke(cfg: Config, n_images: int, device: str, json_path: Path | None) -> No
 
 def _bare_step(accelerator: Accelerator, model, optimizer, batch: dict, weights, cfg: Config) -> None:
     model.train()
-    logits = model(batch["image"], batch["meta"]).float()
+    logits = model(model_input(accelerator, model, batch), batch["meta"]).float()
     loss = F.cross_entropy(logits, batch["label"], weight=weights, label_smoothing=cfg.label_smoothing)
     accelerator.backward(loss)
     if cfg.clip_grad_norm:
@@ -226,37 +226,45 @@ def pipeline(cfg: Config, size: int, n: int) -> dict[str, float]:
     arrays = rate(f"resize + centre crop to {size} px", lambda im: prepare(im, size), images)
     if transform is not None:
         rng = np.random.default_rng(0)
-
-        def aug(a):
-            transform.set_random_seed(int(rng.integers(2**31)))
-            return transform(image=a)["image"]
-
-        costs = transform_costs(transform, arrays[:128])
-        arrays = rate(f"augment ({cfg.augment!r})", aug, arrays)
+        costs = step_costs(cfg.augment, size, arrays[:128])
+        arrays = rate(f"augment ({cfg.augment!r})", lambda a: np.ascontiguousarray(transform(a, rng)), arrays)
         out.update({f"  its dearest steps, each alone on every image: {name}": 1000 / ms for name, ms in costs.items()})
-    rate("normalise to a tensor", lambda a: to_tensor(a, dc["mean"], dc["std"]), arrays)
     rate("metadata encoding", encode, ds.metas)
     out["whole pipeline: Dataset + collate"] = whole_pipeline(cfg, rows, size)
+    batch = torch.from_numpy(np.stack(arrays[:cfg.batch_size]))
+    start = time.perf_counter()
+    for _ in range(8):
+        normalize(batch, dc["mean"], dc["std"])
+    out["(in the loop, not a worker: normalise the uint8 batch to float, per image)"] = (
+        8 * len(batch) / (time.perf_counter() - start))
     return out
 
 
-def transform_costs(transform, arrays: list, top: int = 5) -> dict[str, float]:
-    """Milliseconds per image of each single transform inside `transform` (OneOf branches included), applied
-    with probability 1 to the same arrays: the dearest `top`, so the slow step has a name."""
+def step_costs(kind: str, size: int, arrays: list, top: int = 5) -> dict[str, float]:
+    """Milliseconds per image of each single step of the augmentation `kind` (OneOf branches included),
+    applied with probability 1 to the same arrays: the dearest `top`, so the slow step has a name."""
     import copy
+    import inspect
 
-    def leaves(t):
-        inner = getattr(t, "transforms", None)
-        return [leaf for child in inner for leaf in leaves(child)] if inner is not None else [t]
+    rng = np.random.default_rng(0)
+    if kind == "strong":
+        def leaves(t):
+            inner = getattr(t, "transforms", None)
+            return [leaf for child in inner for leaf in leaves(child)] if inner is not None else [t]
 
-    costs = {}
-    for leaf in leaves(transform):
-        always = copy.deepcopy(leaf)
-        always.p = 1.0
+        steps = []
+        for leaf in leaves(augment.strong_pipeline(size)):
+            always = copy.deepcopy(leaf)
+            always.p = 1.0
+            steps.append((type(leaf).__name__, lambda a, t=always: t(image=a)["image"]))
+    else:
+        steps = [(f.__name__, (lambda a, f=f: f(a, rng, p=1.0)) if "p" in inspect.signature(f).parameters
+                  else (lambda a, f=f: f(a, rng))) for f in augment.STEPS[kind]]
+    costs: dict[str, float] = {}
+    for name, fn in steps:
         start = time.perf_counter()
         for a in arrays:
-            always(image=a)
-        name = type(leaf).__name__
+            np.ascontiguousarray(fn(a))
         name += f" #{sum(k.startswith(name) for k in costs) + 1}" if name in costs else ""
         costs[name] = 1000 * (time.perf_counter() - start) / len(arrays)
     return dict(sorted(costs.items(), key=lambda kv: -kv[1])[:top])

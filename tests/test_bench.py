@@ -39,12 +39,14 @@ def row(name: str, text: str, column: int = 0) -> float:
 
 def test_training_bench_summary_follows_from_its_rows(data_dir, tmp_path):
     out = run("bench/training.py", "--batches", "2", "--pipeline-images", "32", "--data", str(data_dir),
-              "--json", str(tmp_path / "training.json"))
+              "--json", str(tmp_path / "training.json"), "--augment", "strong")  # the kind with named steps
     figures = json.loads((tmp_path / "training.json").read_text())
     loop = row("real training loop (train_one_epoch, 2 batches)", out)
     bare = row("bare forward/backward/step on one ready batch", out)
-    assert number(r"real loop / bare fwd-bwd = ([\d.]+)", out) == pytest.approx(loop / bare, abs=0.006)
-    assert figures["loop_over_bare"] == pytest.approx(loop / bare, abs=0.006)
+    # the rows are printed to 0.1 image/s: on a busy machine (a few images/s) that rounding alone moves the ratio
+    rounding = loop / bare * (0.05 / loop + 0.05 / bare) + 0.006
+    assert number(r"real loop / bare fwd-bwd = ([\d.]+)", out) == pytest.approx(loop / bare, abs=rounding)
+    assert figures["loop_over_bare"] == pytest.approx(loop / bare, abs=rounding)
     whole = row("pipeline at 256 px, 1 core: whole pipeline: Dataset + collate", out)
     assert number(r"data pipeline at 256 px = (\d+) images/s per core", out) == pytest.approx(whole, abs=0.6)
     assert figures["pipeline_per_core_256"] == pytest.approx(whole, abs=0.6)

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from conftest import REPO, make_subset, tiny_args
 
-from inference.backbone import data_config
+from inference.image import normalize
 from inference.model import CLASSES, MelanomaModel
 from train.data import LesionDataset, collate, load_sources
 from train.metrics import MEL, auc, softmax
@@ -56,11 +56,10 @@ def test_two_process_validation_gathers_every_sample_once_and_matches_single_pro
     model = MelanomaModel.from_pretrained(str(out / "fold0" / "best")).eval()
     frame, _ = load_sources([str(isic)], [str(ham)], "auto")
     rows = frame.set_index("image_id").loc[gathered.image_id].reset_index()
-    dc = data_config("test_efficientnet")
-    dataset = LesionDataset(rows, 64, dc["mean"], dc["std"])
+    dataset = LesionDataset(rows, 64)
     batch = collate([dataset[i] for i in range(len(dataset))])
     with torch.no_grad():
-        logits = model(batch["image"], batch["meta"]).numpy()
+        logits = model(normalize(batch["image"], model.mean, model.std), batch["meta"]).numpy()
     distributed = gathered[[f"logit_{c}" for c in CLASSES]].to_numpy()
     # same weights, different batch composition: float sums may differ in the last bits only
     np.testing.assert_allclose(distributed, logits, rtol=0, atol=1e-4)

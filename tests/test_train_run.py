@@ -107,10 +107,8 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
 
 
-def test_killed_after_first_epoch_then_resumed_matches_uninterrupted_run(reference, subset, tmp_path):
-    ref_run, _ = reference
-    out = tmp_path / "run"
-    proc = start_cli(tiny_args(*subset, out))
+def _kill_after_first_epoch(args: list[str], out: Path) -> None:
+    proc = start_cli(args)
     marker = out / "fold0" / "states" / "epoch-001" / "COMPLETE"
     deadline = time.monotonic() + 240
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -121,6 +119,11 @@ def test_killed_after_first_epoch_then_resumed_matches_uninterrupted_run(referen
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "model").exists() and not (out / "metrics.json").exists()
 
+
+def test_killed_after_first_epoch_then_resumed_matches_uninterrupted_run(reference, subset, tmp_path):
+    ref_run, _ = reference
+    out = tmp_path / "run"
+    _kill_after_first_epoch(tiny_args(*subset, out), out)
     done = run_cli(tiny_args(*subset, out) + ["--resume"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout
@@ -131,6 +134,24 @@ def test_killed_after_first_epoch_then_resumed_matches_uninterrupted_run(referen
     assert ref.keys() == got.keys()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert _metrics(out) == _metrics(ref_run)
+
+
+def test_the_weight_average_is_published_and_survives_a_resume(reference, subset, tmp_path):
+    # --ema_decay: the published weights are the average, not the last step's (the reference run's), and a
+    # run killed after epoch 1 continues the saved average: the same weights, bit for bit
+    ref_run, _ = reference
+    options = {"ema_decay": 0.9, "train_folds": "[0]"}
+    whole = run_cli(tiny_args(*subset, tmp_path / "whole", **options))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "run"
+    _kill_after_first_epoch(tiny_args(*subset, out, **options), out)
+    assert (out / "fold0" / "states" / "epoch-001" / "ema.safetensors").is_file()
+    done = run_cli(tiny_args(*subset, out, **options) + ["--resume"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    averaged, resumed, plain = (_weights(run / "model") for run in (tmp_path / "whole", out, ref_run))
+    assert all(torch.equal(averaged[k], resumed[k]) for k in averaged)
+    assert not all(torch.equal(averaged[k], plain[k]) for k in averaged)
+    assert _metrics(out) == _metrics(tmp_path / "whole")
 
 
 KILL_AFTER_RENAME = """

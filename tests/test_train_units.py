@@ -122,7 +122,7 @@ def test_image_only_mode_is_one_config_key(data_dir):
     model = build_model(cfg, pretrained=True)
     assert not model.uses_metadata and model.config["meta_hidden"] == 0
     frame, _ = load_sources([str(data_dir / "isic2020")], [], "none")
-    sample = LesionDataset(frame.iloc[:1], 64, [0.5] * 3, [0.5] * 3, use_metadata=False)[0]
+    sample = LesionDataset(frame.iloc[:1], 64, use_metadata=False)[0]
     assert torch.equal(sample["meta"], encode(Metadata()))  # every field unknown
 
 

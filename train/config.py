@@ -55,13 +55,17 @@ class Config:
     meta_hidden: int = _opt(32, "Width of the metadata MLP (fused mode).")
     dropout: float = _opt(0.3, "Dropout before the classification head.")
     # --- augmentation and imbalance ----------------------------------------------------------
-    augment: str = _opt("strong", "Training augmentation (train/augment.py).", choices=("strong", "light", "none"))
+    augment: str = _opt("strong", "Training augmentation (train/augment.py), cheapest first.",
+                        choices=("none", "flips", "light", "medium", "strong"))
     meta_dropout: float = _opt(0.1, "Probability of blanking each metadata field to 'unknown' in training.")
     imbalance: str = _opt("weighted_loss", "Class-imbalance remedy.",
                           choices=("weighted_loss", "balanced_sampler", "none"))
     class_weight_power: float = _opt(0.5, "Class weight = (1/frequency)^power: 1 = inverse frequency, "
                                           "0.5 = its square root (milder), 0 = none.")
     label_smoothing: float = _opt(0.0, "Label smoothing of the cross-entropy loss.")
+    class_set: str = _opt("diagnosis", "Training labels: 'diagnosis' = the 8 classes; 'melanoma' = melanoma vs "
+                                       "the rest (an ablation: such a model's differential means nothing).",
+                          choices=("diagnosis", "melanoma"))
     # --- optimisation -----------------------------------------------------------------------
     epochs: int = _opt(15, "Epochs per fold.")
     batch_size: int = _opt(32, "Training batch size per process.")
@@ -72,6 +76,8 @@ class Config:
     warmup_epochs: float = _opt(1.0, "Linear warm-up length in epochs; cosine decay afterwards.")
     min_lr_ratio: float = _opt(0.01, "Final learning rate as a fraction of lr.")
     clip_grad_norm: float = _opt(1.0, "Gradient-norm clipping; 0 = off.")
+    ema_decay: float = _opt(0.0, "Validate and publish an exponential moving average of the weights with this "
+                                 "decay per optimizer step (train/ema.py), e.g. 0.998; 0 = off.")
     mixed_precision: str | None = _opt(None, "'no', 'fp16' or 'bf16'; null = what accelerate launch says.",
                                        choices=(None, "no", "fp16", "bf16"))
     patience: int = _opt(0, "Early stopping: epochs without a better validation melanoma AUC; 0 = off.")
@@ -276,7 +282,8 @@ def to_yaml(cfg: Config) -> str:
 
 
 def recipe_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
-    """Keys whose value differs from a saved config, ignoring run-control keys."""
-    now = asdict(cfg)
+    """Keys whose value differs from a saved config, ignoring run-control keys. A key the saved config lacks
+    counts as its default: options are added with defaults that keep the behaviour of the runs before them."""
+    now, defaults = asdict(cfg), asdict(Config())
     keys = (set(saved) | set(now)) - RUN_CONTROL_KEYS
-    return sorted(k for k in keys if saved.get(k) != now.get(k))
+    return sorted(k for k in keys if saved.get(k, defaults.get(k)) != now.get(k))

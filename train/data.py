@@ -25,14 +25,14 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from inference.image import ImageError, open_image, prepare, to_tensor
+from inference.image import ImageError, open_image, prepare
 from inference.metadata import UNKNOWN, Metadata, encode, normalize
 from inference.model import CLASSES
 
 from .errors import DataError
 
-if TYPE_CHECKING:  # albumentations is imported by train/augment.py, where the pipelines are built
-    import albumentations as A
+if TYPE_CHECKING:
+    from .augment import Augment
 
 # ISIC 2020 `diagnosis` → model class. All ISIC 2020 malignant rows are melanoma. Benign keratoses,
 # lentigines and lichenoid keratoses are HAM10000's `bkl` ("benign keratosis-like lesions: solar
@@ -225,6 +225,9 @@ def ages(frame: pd.DataFrame) -> list[float | None]:
 class LesionDataset(Dataset):
     """Rows → {image, meta, label, index, ok} using the inference eval transform plus optional augmentation.
 
+    `image` is the uint8 (S, S, 3) pixels: the loop normalises the batch on the device
+    (`inference.image.normalize`), so workers neither convert to float nor copy four times the bytes.
+
     Augmentation and metadata dropout draw from a generator seeded by (seed, epoch, row), so a sample
     is the same whichever worker, process or resumed session produces it. An image that cannot be
     decoded gives ok=0 and its error text instead of raising inside a worker (the main process
@@ -232,13 +235,12 @@ class LesionDataset(Dataset):
     validation count intact.
     """
 
-    def __init__(self, frame: pd.DataFrame, image_size: int, mean: list[float], std: list[float],
-                 augment: A.Compose | None = None, meta_dropout: float = 0.0, use_metadata: bool = True,
-                 seed: int = 0) -> None:
+    def __init__(self, frame: pd.DataFrame, image_size: int, augment: Augment | None = None,
+                 meta_dropout: float = 0.0, use_metadata: bool = True, seed: int = 0) -> None:
         self.paths = frame["path"].tolist()
         self.labels = torch.tensor([CLASSES.index(c) for c in frame["label"]], dtype=torch.long)
         self.metas = [Metadata(age=a, sex=s, site=t) for a, s, t in zip(ages(frame), frame["sex"], frame["site"])]
-        self.image_size, self.mean, self.std = image_size, mean, std
+        self.image_size = image_size
         self.augment, self.meta_dropout, self.use_metadata, self.seed = augment, meta_dropout, use_metadata, seed
         self.epoch = 0
 
@@ -257,14 +259,13 @@ class LesionDataset(Dataset):
             array = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
             sample.update(ok=torch.tensor(0), error=f"{self.paths[i]}: {err}")
         if self.augment is not None:
-            self.augment.set_random_seed(int(rng.integers(2**31)))
-            array = self.augment(image=array)["image"]
+            array = self.augment(array, rng)
         meta = self.metas[i] if self.use_metadata else Metadata()
         if self.meta_dropout and self.use_metadata:
             drop = rng.random(3) < self.meta_dropout
             meta = replace(meta, age=None if drop[0] else meta.age, sex=UNKNOWN if drop[1] else meta.sex,
                            site=UNKNOWN if drop[2] else meta.site)
-        sample.update(image=to_tensor(array, self.mean, self.std), meta=encode(meta))
+        sample.update(image=torch.from_numpy(np.ascontiguousarray(array)), meta=encode(meta))
         return sample
 
 

@@ -16,7 +16,10 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from inference.image import normalize
+
 from .config import Config
+from .ema import WeightAverage
 from .errors import TrainingError
 from .ranks import all_ranks, check_batch, sync_buffers
 
@@ -31,6 +34,13 @@ class Clock:
         return self.limit is not None and time.monotonic() - self.start + margin >= self.limit
 
 
+def model_input(accelerator: Accelerator, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The batch's uint8 pixels, normalised on the device with the model's own mean/std (the ones its
+    config.json gives the Predictor), channels-last."""
+    net = accelerator.unwrap_model(model)
+    return normalize(batch["image"], net.mean, net.std)
+
+
 @torch.no_grad()
 def validate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, bad_images: str) -> dict:
     """Logits, labels and dataset indices of every validation row exactly once, on every process."""
@@ -40,7 +50,7 @@ def validate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
     skipped: list[str] = []
     for batch in tqdm(loader, desc="validate", leave=False, disable=not accelerator.is_local_main_process):
         skipped += check_batch(batch, bad_images)
-        logits = model(batch["image"], batch["meta"]).float()
+        logits = model(model_input(accelerator, model, batch), batch["meta"]).float()
         # per batch, so the padding accelerate adds to make shards even is dropped from the last one
         got = accelerator.gather_for_metrics({k: batch[k] for k in ("label", "index", "ok")} | {"logits": logits})
         for key in parts:
@@ -52,8 +62,10 @@ def validate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
 
 def train_one_epoch(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader,
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    weights: torch.Tensor | None, cfg: Config, clock: Clock, desc: str) -> dict:
-    """One pass over the loader; stops early (stopped=True) when the time budget runs out on any rank."""
+                    weights: torch.Tensor | None, cfg: Config, clock: Clock, desc: str,
+                    ema: WeightAverage | None = None) -> dict:
+    """One pass over the loader; stops early (stopped=True) when the time budget runs out on any rank.
+    `ema`, if given, is updated after every optimizer step."""
     model.train()
     loss_sum = seen = 0.0
     skipped: list[str] = []
@@ -63,7 +75,7 @@ def train_one_epoch(accelerator: Accelerator, model: torch.nn.Module, loader: Da
     for batch in loader:
         skipped += check_batch(batch, cfg.bad_images)
         with accelerator.accumulate(model):
-            logits = model(batch["image"], batch["meta"]).float()
+            logits = model(model_input(accelerator, model, batch), batch["meta"]).float()
             ok = batch["ok"].float()
             per = F.cross_entropy(logits, batch["label"], weight=weights, reduction="none",
                                   label_smoothing=cfg.label_smoothing)
@@ -78,6 +90,8 @@ def train_one_epoch(accelerator: Accelerator, model: torch.nn.Module, loader: Da
         pending += torch.stack([loss.detach() * ok.sum(), ok.sum()])
         bar.update()
         if accelerator.sync_gradients:
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model))
             # one small all-reduce per optimizer step: the loss for the log, NaN on any rank, time up on any rank
             expired = torch.tensor([float(clock.expired())], device=accelerator.device)
             step_loss, step_images, time_up = accelerator.reduce(torch.cat([pending, expired]), "sum").tolist()

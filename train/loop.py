@@ -58,10 +58,10 @@ def run_epoch(accelerator: Accelerator, cfg: Config, fs: FoldSetup, progress: Fo
     fs.train_ds.set_epoch(epoch)
     fs.train_dl.set_epoch(epoch)
     stats = train_one_epoch(accelerator, fs.model, fs.train_dl, fs.optimizer, fs.scheduler, fs.class_weights, cfg,
-                            clock, desc=f"fold {progress.fold} epoch {epoch + 1}/{cfg.epochs}")
+                            clock, desc=f"fold {progress.fold} epoch {epoch + 1}/{cfg.epochs}", ema=fs.ema)
     if stats["stopped"]:
         return None
-    val = validate(accelerator, fs.model, fs.val_dl, cfg.bad_images)
+    val = validate(accelerator, fs.eval_model(), fs.val_dl, cfg.bad_images)
     val_auc = auc((val["label"] == MEL).astype(int), softmax(val["logits"])[:, MEL])
     skipped = stats["skipped"] + val["skipped"]
     row = {"fold": progress.fold, "epoch": epoch + 1, "train_loss": stats["loss"],
@@ -81,13 +81,15 @@ def run_epoch(accelerator: Accelerator, cfg: Config, fs: FoldSetup, progress: Fo
 def save_epoch(accelerator: Accelerator, cfg: Config, fs: FoldSetup, progress: FoldProgress, result: EpochResult,
                fold_dir: Path, latest: Path | None) -> Path:
     """Write this epoch's resumable state (and the best model if it improved); returns the new state."""
-    unwrapped = accelerator.unwrap_model(fs.model)
+    unwrapped = accelerator.unwrap_model(fs.eval_model())
     checkpoint.assert_finite(unwrapped, f"save the fold {progress.fold} epoch {progress.epochs_done} checkpoint")
     states, main = fold_dir / "states", accelerator.is_main_process
     pending = checkpoint.begin(states, progress.epochs_done, main)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(pending.tmp))  # every process: accelerate saves per-process RNG states
     if main:
+        if fs.ema is not None:
+            fs.ema.save(pending.tmp)
         if result.improved:
             unwrapped.save_pretrained(pending.tmp / "best")  # config.json + model.safetensors, no `module.` prefixes
             result.val_table.to_csv(pending.tmp / "best" / "val_predictions.csv", index=False)
@@ -117,12 +119,14 @@ def print_epoch(accelerator: Accelerator, cfg: Config, progress: FoldProgress, r
         accelerator.print(f"fold {row['fold']}: early stop, no better validation AUC for {cfg.patience} epochs")
 
 
-def resume_fold(accelerator: Accelerator, states: Path, fold: int) -> tuple[FoldProgress, Path | None]:
+def resume_fold(accelerator: Accelerator, fs: FoldSetup, states: Path, fold: int) -> tuple[FoldProgress, Path | None]:
     """The fold's newest complete state loaded into the prepared objects, or a fresh start."""
     latest = checkpoint.latest_state(states)
     if latest is None:
         return FoldProgress(fold), None
     accelerator.load_state(str(latest))
+    if fs.ema is not None:
+        fs.ema.load(latest)
     progress = checkpoint.read_progress(latest)
     accelerator.print(f"fold {fold}: resumed from {latest} (epoch {progress.epochs_done} done)")
     return progress, latest
@@ -154,7 +158,7 @@ def train_fold(accelerator: Accelerator, cfg: Config, train_rows: pd.DataFrame, 
         accelerator.print(f"fold {fold}: removed incomplete state(s) {', '.join(removed)}")
     accelerator.wait_for_everyone()
     fs = setup_fold(accelerator, cfg, train_rows, val_rows, fold)
-    progress, latest = resume_fold(accelerator, fold_dir / "states", fold)
+    progress, latest = resume_fold(accelerator, fs, fold_dir / "states", fold)
     accelerator.print(f"fold {fold}: {len(fs.train_ds)} training / {len(val_rows)} validation images "
                       f"({int(val_rows.target.sum())} melanomas), {fs.steps_per_epoch} optimizer steps per epoch")
     outcome: Outcome = "complete"

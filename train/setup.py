@@ -24,6 +24,7 @@ from inference.model import MelanomaModel
 from . import augment
 from .config import Config
 from .data import BalancedSampler, LesionDataset, class_weights, collate
+from .ema import WeightAverage
 from .errors import ConfigError, DataError
 
 
@@ -40,6 +41,11 @@ class FoldSetup:
     val_rows: pd.DataFrame
     class_weights: torch.Tensor | None
     steps_per_epoch: int
+    ema: WeightAverage | None = None  # --ema_decay: the weights that are validated and published
+
+    def eval_model(self) -> torch.nn.Module:
+        """The model to validate and keep as the best: the weight average if there is one."""
+        return self.ema.model if self.ema is not None else self.model
 
 
 def build_model(cfg: Config, pretrained: bool) -> MelanomaModel:
@@ -49,7 +55,9 @@ def build_model(cfg: Config, pretrained: bool) -> MelanomaModel:
                           meta_hidden=cfg.meta_hidden if cfg.metadata_mode == "fused" else 0, dropout=cfg.dropout)
     if pretrained and cfg.backbone_weights != "none":
         load_backbone_weights(model.backbone, cfg.backbone, cfg.backbone_weights)
-    return model
+    # channels-last: the layout `inference.image.normalize` gives the batch, and the faster one for the
+    # convolutions (bench/training.py, bare forward/backward)
+    return model.to(memory_format=torch.channels_last)
 
 
 def check_recipe(cfg: Config) -> None:
@@ -88,12 +96,13 @@ def setup_fold(accelerator: Accelerator, cfg: Config, train_rows: pd.DataFrame, 
                fold: int) -> FoldSetup:
     """Seed, build and `prepare` one fold's model, optimizer, loaders and LR schedule."""
     set_seed(cfg.seed + fold, device_specific=True)
-    dc = data_config(cfg.backbone)
     fused = cfg.metadata_mode == "fused"
     model = build_model(cfg, pretrained=True)
-    train_ds = LesionDataset(train_rows, cfg.image_size, dc["mean"], dc["std"],
-                             augment.build(cfg.augment, cfg.image_size), cfg.meta_dropout, fused, seed=cfg.seed + fold)
-    val_ds = LesionDataset(val_rows, cfg.image_size, dc["mean"], dc["std"], None, 0.0, fused)
+    if cfg.class_set == "melanoma":  # all other diagnoses train as one class, in nv's slot; validation keeps its labels
+        train_rows = train_rows.assign(label=["mel" if t else "nv" for t in train_rows.target])
+    train_ds = LesionDataset(train_rows, cfg.image_size, augment.build(cfg.augment, cfg.image_size), cfg.meta_dropout,
+                             fused, seed=cfg.seed + fold)
+    val_ds = LesionDataset(val_rows, cfg.image_size, None, 0.0, fused)
     per_step = cfg.batch_size * accelerator.num_processes
     if len(train_ds) < per_step:
         raise DataError(f"fold {fold}: {len(train_ds)} training images is less than one batch ({per_step}).")
@@ -112,4 +121,5 @@ def setup_fold(accelerator: Accelerator, cfg: Config, train_rows: pd.DataFrame, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(max(1, round(cfg.warmup_epochs * scale)), cfg.epochs * scale, cfg.min_lr_ratio))
     model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
-    return FoldSetup(model, optimizer, scheduler, train_dl, val_dl, train_ds, val_rows, weights, steps)
+    ema = WeightAverage(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
+    return FoldSetup(model, optimizer, scheduler, train_dl, val_dl, train_ds, val_rows, weights, steps, ema)

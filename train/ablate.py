@@ -1,0 +1,137 @@
+"""Recipe ablations, one command each: train a variant on fold 0 and compare it with a reference on the same rows.
+
+    python -m train.ablate augment_flips     # train runs/ablate/augment_flips (resumes; skips if complete) + compare
+    python -m train.ablate --list            # the ablations of train/configs/ablations.yaml and their state
+    python -m train.ablate --table           # the README table rows of every finished ablation
+
+An ablation is `base` (a training config) + `common` + its own options, all in the plan file, so the
+command that produced a row is its name. Its result, `runs/ablate/NAME/ablation.json`, holds the run's
+own validation metrics (metrics.json) and the paired-bootstrap melanoma AUC difference with `against`
+on the same validation rows (`train.baselines.compare`), scored through the Predictor as the app scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .baselines import compare
+from .errors import ConfigError, DataError
+
+PLAN = Path("train/configs/ablations.yaml")
+
+
+def load_plan(path: Path = PLAN) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; run from the repository root.")
+    plan = yaml.safe_load(path.read_text())
+    for key in ("base", "reference", "runs", "ablations"):
+        if key not in plan:
+            raise ConfigError(f"{path} has no {key!r}.")
+    return plan
+
+
+def folder(plan: dict, name: str) -> Path:
+    return Path(plan["runs"]) / name
+
+
+def train_argv(plan: dict, name: str) -> list[str]:
+    """The `python -m train` arguments of ablation `name`: base config, common options, its own options."""
+    if name not in plan["ablations"]:
+        raise ConfigError(f"no ablation {name!r}; known: {', '.join(plan['ablations'])}.")
+    options = {**plan.get("common", {}), **{k: v for k, v in plan["ablations"][name].items() if k != "against"}}
+    argv = ["--config", plan["base"]]
+    for key, value in options.items():
+        argv += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return argv + ["--output_dir", str(folder(plan, name))]
+
+
+def against(plan: dict, name: str) -> Path:
+    other = plan["ablations"][name].get("against")
+    return folder(plan, other) if other else Path(plan["reference"])
+
+
+def state(plan: dict, name: str) -> str:
+    status = folder(plan, name) / "status.json"
+    if (folder(plan, name) / "ablation.json").is_file():
+        return "compared"
+    return json.loads(status.read_text())["status"] if status.is_file() else "not run"
+
+
+def run(plan: dict, name: str) -> dict:
+    """Train (unless complete; --resume if started), then compare and write ablation.json."""
+    run_dir = folder(plan, name)
+    if state(plan, name) not in ("complete", "compared"):
+        argv = train_argv(plan, name) + (["--resume"] if (run_dir / "status.json").is_file() else [])
+        print("python -m train " + " ".join(argv), flush=True)
+        code = subprocess.call([sys.executable, "-m", "train", *argv])
+        if code != 0:
+            raise DataError(f"training {name} stopped with exit code {code}; run the same command to resume.")
+    other = against(plan, name)
+    metrics = json.loads((run_dir / "model" / "metrics.json").read_text())
+    logs = [pd.read_csv(log) for log in sorted(run_dir.glob("fold*/log.csv"))]
+    result = {"name": name, "options": plan["ablations"][name], "against": str(other),
+              "train_minutes": float(sum(log.epoch_seconds.sum() for log in logs) / 60),
+              "epochs": int(sum(len(log) for log in logs)),
+              "metrics": {k: metrics[k] for k in ("melanoma_auc_ham10000", "melanoma_auc_isic2020",
+                                                  "sensitivity_at_90_specificity", "ece_after_temperature",
+                                                  "diagnosis_balanced_accuracy")},
+              "compare": compare(run_dir, other)}
+    (run_dir / "ablation.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def row(result: dict) -> str:
+    m, ham = result["metrics"], result["compare"]["ham10000"]
+    lo, hi = ham["difference_ci95"]
+    options = ", ".join(f"{k} {v}" for k, v in result["options"].items() if k != "against")
+    return (f"| {result['name']}: {options} | {ham['auc']:.3f} | {ham['difference']:+.3f} ({lo:+.3f} to {hi:+.3f}) "
+            f"vs {Path(result['against']).name} | {m['sensitivity_at_90_specificity']:.3f} | "
+            f"{m['ece_after_temperature']:.3f} | {m['diagnosis_balanced_accuracy']:.3f} | "
+            f"{result['train_minutes']:.0f} | `python -m train.ablate {result['name']}` |")
+
+
+def table(plan: dict) -> str:
+    lines = ["| ablation (3 epochs on fold 0 unless it says) | melanoma AUC, HAM rows | difference, paired 95 % CI | "
+             "sens @ 90 % spec | ECE after T | balanced accuracy | train min | command |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    for name in plan["ablations"]:
+        path = folder(plan, name) / "ablation.json"
+        if path.is_file():
+            lines.append(row(json.loads(path.read_text())))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.ablate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="ablations to run, in order (train/configs/ablations.yaml)")
+    parser.add_argument("--plan", type=Path, default=PLAN)
+    parser.add_argument("--list", action="store_true", help="list the ablations and their state")
+    parser.add_argument("--table", action="store_true", help="print the README table of the finished ones")
+    args = parser.parse_args(argv)
+    try:
+        plan = load_plan(args.plan)
+        if args.list:
+            for name, options in plan["ablations"].items():
+                print(f"{name:24} {state(plan, name):10} {options}")
+        for name in args.names:
+            result = run(plan, name)
+            print(row(result))
+        if args.table:
+            print(table(plan))
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not (args.names or args.list or args.table):
+        parser.print_usage()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
