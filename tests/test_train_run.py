@@ -137,8 +137,9 @@ def test_killed_after_first_epoch_then_resumed_matches_uninterrupted_run(referen
 
 
 def test_the_weight_average_is_published_and_survives_a_resume(reference, subset, tmp_path):
-    # --ema_decay: the published weights are the average, not the last step's (the reference run's), and a
-    # run killed after epoch 1 continues the saved average: the same weights, bit for bit
+    # --ema_decay: the published weights are the average, not those of the same fold trained without it (the
+    # reference run's fold 0: same seed, same batches), and a run killed after epoch 1 continues the saved
+    # average: the same weights, bit for bit
     ref_run, _ = reference
     options = {"ema_decay": 0.9, "train_folds": "[0]"}
     whole = run_cli(tiny_args(*subset, tmp_path / "whole", **options))
@@ -148,7 +149,8 @@ def test_the_weight_average_is_published_and_survives_a_resume(reference, subset
     assert (out / "fold0" / "states" / "epoch-001" / "ema.safetensors").is_file()
     done = run_cli(tiny_args(*subset, out, **options) + ["--resume"])
     assert done.returncode == 0, done.stderr[-3000:]
-    averaged, resumed, plain = (_weights(run / "model") for run in (tmp_path / "whole", out, ref_run))
+    averaged, resumed, plain = (_weights(folder) for folder in (tmp_path / "whole" / "model", out / "model",
+                                                                  ref_run / "fold0" / "best"))
     assert all(torch.equal(averaged[k], resumed[k]) for k in averaged)
     assert not all(torch.equal(averaged[k], plain[k]) for k in averaged)
     assert _metrics(out) == _metrics(tmp_path / "whole")

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .augment import KINDS
 from .errors import ConfigError
 
 
@@ -56,7 +57,7 @@ class Config:
     dropout: float = _opt(0.3, "Dropout before the classification head.")
     # --- augmentation and imbalance ----------------------------------------------------------
     augment: str = _opt("strong", "Training augmentation (train/augment.py), cheapest first.",
-                        choices=("none", "flips", "light", "medium", "strong"))
+                        choices=KINDS)
     meta_dropout: float = _opt(0.1, "Probability of blanking each metadata field to 'unknown' in training.")
     imbalance: str = _opt("weighted_loss", "Class-imbalance remedy.",
                           choices=("weighted_loss", "balanced_sampler", "none"))

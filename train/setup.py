@@ -56,7 +56,7 @@ def build_model(cfg: Config, pretrained: bool) -> MelanomaModel:
     if pretrained and cfg.backbone_weights != "none":
         load_backbone_weights(model.backbone, cfg.backbone, cfg.backbone_weights)
     # channels-last: the layout `inference.image.normalize` gives the batch, and the faster one for the
-    # convolutions (bench/training.py, bare forward/backward)
+    # convolutions here (bench/training.py's bare forward/backward row, README "Speed")
     return model.to(memory_format=torch.channels_last)
 
 
