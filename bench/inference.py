@@ -4,7 +4,8 @@
     python bench/inference.py --backbone tf_efficientnet_b3 --size 300 --no-app
 
 Random weights (speed does not depend on them), real ISIC 2020 JPEGs from ../shared/data. All rows
-are measured in one run, so the ratios compare like with like on whatever machine runs it; the
+are measured in one run, the session, eager and Predictor rows of each batch size in turns, so the ratios
+compare like with like on whatever machine runs it; the
 targets and the latest figures are in README ("Speed"). The app round trip is measured through
 `gradio_client` and through plain HTTP (see `app_round_trips`).
 """
@@ -45,6 +46,23 @@ def timings(fn, runs: int, warmup: int = 5) -> tuple[float, float]:
         samples.append((time.perf_counter() - start) * 1000)
     samples.sort()
     return statistics.median(samples), samples[min(len(samples) - 1, int(0.95 * len(samples)))]
+
+
+def interleaved(fns: dict, runs: int, warmup: int = 3) -> dict[str, tuple[float, float]]:
+    """p50/p95 of several functions measured in turns (a, b, c, a, b, c, ...): this VM's speed drifts by
+    tens of percent within a minute, and timing one row after another would put that drift into the ratios
+    between them."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1000)
+    return {name: (statistics.median(xs), sorted(xs)[min(len(xs) - 1, int(0.95 * len(xs)))])
+            for name, xs in samples.items()}
 
 
 def app_round_trips(predictor: Predictor, image: str, runs: int) -> dict[str, tuple[float, float]]:
@@ -122,14 +140,20 @@ def main() -> None:
         pixels = torch.stack([onnx.image_tensor(p) for p in paths])
         feeds = {"image": pixels.numpy(), "meta": np.zeros((batch, META_DIM), np.float32)}
         runs = args.runs if batch == 1 else max(5, args.runs // 5)
-        rows[f"onnxruntime session, ready tensor, batch {batch}"] = timings(
-            lambda: onnx.onnx.session.run(["logits"], feeds), runs)
-        with torch.inference_mode():
-            rows[f"torch eager, ready tensor, batch {batch}"] = timings(
-                lambda: eager.model(pixels, torch.zeros(batch, META_DIM)), runs)
-        rows[f"Predictor (onnx): decode+transform+model, batch {batch}"] = timings(
-            lambda: onnx.predict_batch(paths, [50] * batch, ["female"] * batch, ["torso"] * batch, batch_size=batch),
-            runs)
+
+        def eager_forward(pixels=pixels, batch=batch):
+            with torch.inference_mode():
+                eager.model(pixels, torch.zeros(batch, META_DIM))
+
+        def session(feeds=feeds):
+            onnx.onnx.session.run(["logits"], feeds)
+
+        def predictor(paths=paths, batch=batch):
+            onnx.predict_batch(paths, [50] * batch, ["female"] * batch, ["torso"] * batch, batch_size=batch)
+
+        rows.update(interleaved({f"onnxruntime session, ready tensor, batch {batch}": session,
+                                 f"torch eager, ready tensor, batch {batch}": eager_forward,
+                                 f"Predictor (onnx): decode+transform+model, batch {batch}": predictor}, runs))
     # Where the Predictor's extra time goes, per image (batch 1): the steps of `image_tensor`.
     first, size, mean, std = str(images[0]), args.size, onnx.model.mean, onnx.model.std
     opened, prepared = open_image(first), prepare(open_image(first), size)

@@ -86,6 +86,20 @@ def test_bundled_triage_comes_from_its_own_validation_points(bundled):
     assert "in validation" in describe(answer)
 
 
+def test_guard_score_is_the_distance_and_leaves_the_blas_thread_count_as_it_was():
+    from threadpoolctl import threadpool_info
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(64, 64)).astype(np.float32)
+    guard = Guard(mean=np.full(64, 0.1), precision=a @ a.T / 64, threshold=1.0)
+    embedding = np.abs(rng.normal(size=(3, 64)))
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    centred = np.sqrt(embedding) / np.linalg.norm(np.sqrt(embedding), axis=1, keepdims=True) - 0.1
+    expected = np.einsum("bi,ij,bj->b", centred, guard.precision.astype(np.float64), centred)
+    np.testing.assert_allclose(guard.score(embedding), expected, rtol=1e-4)
+    assert [pool["num_threads"] for pool in threadpool_info()] == before  # the limit is only for the product
+
+
 def test_operating_points_on_known_scores():
     rng = np.random.default_rng(0)
     probs = np.concatenate([rng.uniform(0.3, 1.0, 100), rng.uniform(0.0, 0.5, 400)])

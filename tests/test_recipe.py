@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -103,14 +104,14 @@ def test_an_ablation_is_one_command_trained_then_compared(tmp_path, subset, refe
     base.write_text(yaml.safe_dump({k[2:]: yaml.safe_load(v) for k, v in options.items() if k != "--output_dir"}))
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({"base": str(base), "reference": str(ref_run), "runs": str(tmp_path / "runs"),
-                                    "common": {"epochs": 1, "train_folds": [0]},
+                                    "results": str(tmp_path / "results"), "common": {"epochs": 1, "train_folds": [0]},
                                     "ablations": {"flips_ema": {"augment": "flips", "ema_decay": 0.9}}}))
     assert main(["--plan", str(plan), "--list"]) == 0
     assert "flips_ema                not run" in capsys.readouterr().out
     assert main(["--plan", str(plan), "flips_ema", "--table"]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "flips_ema"
-    result = json.loads((run / "ablation.json").read_text())
+    result = json.loads((tmp_path / "results" / "flips_ema.json").read_text())
     saved = yaml.safe_load((run / "model" / "training_config.yaml").read_text())
     assert saved["augment"] == "flips" and saved["ema_decay"] == 0.9 and saved["epochs"] == 1
     assert result["epochs"] == 1 and result["against"] == str(ref_run)
@@ -123,8 +124,18 @@ def test_an_ablation_is_one_command_trained_then_compared(tmp_path, subset, refe
     mtime = (run / "model" / "model.safetensors").stat().st_mtime
     assert main(["--plan", str(plan), "flips_ema"]) == 0
     assert (run / "model" / "model.safetensors").stat().st_mtime == mtime
+    # the committed result, not the scratch run folder, makes the table
+    shutil.rmtree(run)
+    assert main(["--plan", str(plan), "--table"]) == 0
+    assert f"| flips_ema: augment flips, ema_decay 0.9 | {ham['auc']:.3f} |" in capsys.readouterr().out
     assert main(["--plan", str(plan), "nonesuch"]) == 2
     assert "no ablation 'nonesuch'; known: flips_ema" in capsys.readouterr().err
+    # a missing comparison folder is named before any training starts
+    lost = yaml.safe_load(plan.read_text()) | {"reference": str(tmp_path / "gone")}
+    lost["ablations"]["second"] = {"augment": "none"}
+    plan.write_text(yaml.safe_dump(lost))
+    assert main(["--plan", str(plan), "second"]) == 2
+    assert "second is compared with" in capsys.readouterr().err and not (tmp_path / "runs" / "second").exists()
 
 
 def test_class_set_melanoma_trains_melanoma_against_the_rest_and_validates_on_every_label(subset):

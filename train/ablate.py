@@ -5,9 +5,10 @@
     python -m train.ablate --table           # the README table rows of every finished ablation
 
 An ablation is `base` (a training config) + `common` + its own options, all in the plan file, so the
-command that produced a row is its name. Its result, `runs/ablate/NAME/ablation.json`, holds the run's
-own validation metrics (metrics.json) and the paired-bootstrap melanoma AUC difference with `against`
-on the same validation rows (`train.baselines.compare`), scored through the Predictor as the app scores.
+command that produced a row is its name. Its result, `results/NAME.json` (a folder of the plan that is
+committed, unlike the run folders, which are scratch), holds the run's own validation metrics
+(metrics.json) and the paired-bootstrap melanoma AUC difference with `against` on the same validation rows
+(`train.baselines.compare`), scored through the Predictor as the app scores.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def load_plan(path: Path = PLAN) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; run from the repository root.")
     plan = yaml.safe_load(path.read_text())
-    for key in ("base", "reference", "runs", "ablations"):
+    for key in ("base", "reference", "runs", "results", "ablations"):
         if key not in plan:
             raise ConfigError(f"{path} has no {key!r}.")
     return plan
@@ -41,39 +42,54 @@ def folder(plan: dict, name: str) -> Path:
     return Path(plan["runs"]) / name
 
 
-def train_argv(plan: dict, name: str) -> list[str]:
-    """The `python -m train` arguments of ablation `name`: base config, common options, its own options."""
+def options(plan: dict, name: str) -> dict:
+    """Ablation `name`'s own entry of the plan (its options, and `against`)."""
     if name not in plan["ablations"]:
         raise ConfigError(f"no ablation {name!r}; known: {', '.join(plan['ablations'])}.")
-    options = {**plan.get("common", {}), **{k: v for k, v in plan["ablations"][name].items() if k != "against"}}
+    return plan["ablations"][name]
+
+
+def train_argv(plan: dict, name: str) -> list[str]:
+    """The `python -m train` arguments of ablation `name`: base config, common options, its own options."""
+    merged = {**plan.get("common", {}), **{k: v for k, v in options(plan, name).items() if k != "against"}}
     argv = ["--config", plan["base"]]
-    for key, value in options.items():
+    for key, value in merged.items():
         argv += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     return argv + ["--output_dir", str(folder(plan, name))]
 
 
+def result_path(plan: dict, name: str) -> Path:
+    return Path(plan["results"]) / f"{name}.json"
+
+
 def against(plan: dict, name: str) -> Path:
-    other = plan["ablations"][name].get("against")
+    other = options(plan, name).get("against")
     return folder(plan, other) if other else Path(plan["reference"])
 
 
-def state(plan: dict, name: str) -> str:
-    status = folder(plan, name) / "status.json"
-    if (folder(plan, name) / "ablation.json").is_file():
-        return "compared"
+def run_status(run_dir: Path) -> str:
+    """The run folder's status.json: running (or crashed), complete, time_limit; or "not run"."""
+    status = run_dir / "status.json"
     return json.loads(status.read_text())["status"] if status.is_file() else "not run"
 
 
+def state(plan: dict, name: str) -> str:
+    return "compared" if result_path(plan, name).is_file() else run_status(folder(plan, name))
+
+
 def run(plan: dict, name: str) -> dict:
-    """Train (unless complete; --resume if started), then compare and write ablation.json."""
-    run_dir = folder(plan, name)
-    if state(plan, name) not in ("complete", "compared"):
-        argv = train_argv(plan, name) + (["--resume"] if (run_dir / "status.json").is_file() else [])
+    """Train (unless complete; --resume if started), then compare and write the result."""
+    run_dir, other = folder(plan, name), against(plan, name)
+    if not other.is_dir():  # before training: the comparison is the point of the run
+        how = (f"run `python -m train.ablate {options(plan, name)['against']}` first"
+               if "against" in options(plan, name) else "see the comment on `reference` in the plan file")
+        raise DataError(f"{name} is compared with {other}, which does not exist; {how}.")
+    if run_status(run_dir) != "complete":
+        argv = train_argv(plan, name) + (["--resume"] if run_status(run_dir) != "not run" else [])
         print("python -m train " + " ".join(argv), flush=True)
         code = subprocess.call([sys.executable, "-m", "train", *argv])
         if code != 0:
             raise DataError(f"training {name} stopped with exit code {code}; run the same command to resume.")
-    other = against(plan, name)
     metrics = json.loads((run_dir / "model" / "metrics.json").read_text())
     logs = [pd.read_csv(log) for log in sorted(run_dir.glob("fold*/log.csv"))]
     result = {"name": name, "options": plan["ablations"][name], "against": str(other),
@@ -83,7 +99,8 @@ def run(plan: dict, name: str) -> dict:
                                                   "sensitivity_at_90_specificity", "ece_after_temperature",
                                                   "diagnosis_balanced_accuracy")},
               "compare": compare(run_dir, other)}
-    (run_dir / "ablation.json").write_text(json.dumps(result, indent=1) + "\n")
+    result_path(plan, name).parent.mkdir(parents=True, exist_ok=True)
+    result_path(plan, name).write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -102,7 +119,7 @@ def table(plan: dict) -> str:
              "sens @ 90 % spec | ECE after T | balanced accuracy | train min | command |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
     for name in plan["ablations"]:
-        path = folder(plan, name) / "ablation.json"
+        path = result_path(plan, name)
         if path.is_file():
             lines.append(row(json.loads(path.read_text())))
     return "\n".join(lines)

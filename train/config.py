@@ -56,7 +56,8 @@ class Config:
     meta_hidden: int = _opt(32, "Width of the metadata MLP (fused mode).")
     dropout: float = _opt(0.3, "Dropout before the classification head.")
     # --- augmentation and imbalance ----------------------------------------------------------
-    augment: str = _opt("strong", "Training augmentation (train/augment.py), cheapest first.",
+    augment: str = _opt("flips", "Training augmentation (train/augment.py), cheapest first; flips won the "
+                                 "README ablations.",
                         choices=KINDS)
     meta_dropout: float = _opt(0.1, "Probability of blanking each metadata field to 'unknown' in training.")
     imbalance: str = _opt("weighted_loss", "Class-imbalance remedy.",
