@@ -4,10 +4,10 @@
     python bench/inference.py --backbone tf_efficientnet_b3 --size 300 --no-app
 
 Random weights (speed does not depend on them), real ISIC 2020 JPEGs from ../shared/data. All rows
-are measured in one run, the session, eager and Predictor rows of each batch size in turns, so the ratios
-compare like with like on whatever machine runs it; the
-targets and the latest figures are in README ("Speed"). The app round trip is measured through
-`gradio_client` and through plain HTTP (see `app_round_trips`).
+are measured in one run, the bare session and the Predictor of each batch size in turns (torch eager just
+before them), so the ratios compare like with like on whatever machine runs it; the targets and the
+latest figures are in README ("Speed"). The app round trip is measured through `gradio_client` and
+through plain HTTP (see `app_round_trips`).
 """
 
 from __future__ import annotations
@@ -151,8 +151,11 @@ def main() -> None:
         def predictor(paths=paths, batch=batch):
             onnx.predict_batch(paths, [50] * batch, ["female"] * batch, ["torso"] * batch, batch_size=batch)
 
+        # Eager PyTorch on its own first: its OpenMP threads spin-wait after each forward, and the run that
+        # followed one (the Predictor's, when all three took turns) paid for it.
+        rows[f"torch eager, ready tensor, batch {batch}"] = timings(eager_forward, runs)
+        time.sleep(1)
         rows.update(interleaved({f"onnxruntime session, ready tensor, batch {batch}": session,
-                                 f"torch eager, ready tensor, batch {batch}": eager_forward,
                                  f"Predictor (onnx): decode+transform+model, batch {batch}": predictor}, runs))
     # Where the Predictor's extra time goes, per image (batch 1): the steps of `image_tensor`.
     first, size, mean, std = str(images[0]), args.size, onnx.model.mean, onnx.model.std

@@ -41,6 +41,10 @@ def test_flips_give_each_of_the_eight_dihedral_views(lesion):
         out = augment.flips(lesion, np.random.default_rng(seed))
         index = [np.array_equal(out, v) for v in views].index(True)  # always exactly a dihedral view
         seen.add(index)
+        # the same view for the same seed as the NumPy definition the ablations were trained with
+        k = int(np.random.default_rng(seed).integers(8))
+        assert np.array_equal(out, np.rot90(lesion, k % 4)[:, ::-1] if k >= 4 else np.rot90(lesion, k % 4))
+        assert out.flags.c_contiguous  # the batch needs no second, strided copy
     assert seen == set(range(8))
 
 

@@ -31,11 +31,18 @@ Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 KINDS = ("none", "flips", "light", "medium", "strong")
 
 
+_ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}  # np.rot90's k
+
+
 def flips(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One of the 8 dihedral views (a view of the array: no pixel is copied)."""
+    """One of the 8 dihedral views: `np.rot90(array, k % 4)`, mirrored left-right when k >= 4.
+
+    OpenCV writes the view as a contiguous array in one pass; a NumPy view would have to be copied to
+    contiguous memory anyway (for the batch), and that strided copy of a transposed view cost more than
+    the decode (bench/training.py)."""
     k = int(rng.integers(8))
-    view = np.rot90(array, k % 4)
-    return view[:, ::-1] if k >= 4 else view
+    out = cv2.rotate(array, _ROTATE[k % 4]) if k % 4 else array
+    return cv2.flip(out, 1) if k >= 4 else out
 
 
 def colour(array: np.ndarray, rng: np.random.Generator, p: float = 0.75) -> np.ndarray:
