@@ -37,15 +37,7 @@ from train.onnx_export import export_onnx  # noqa: E402
 
 def timings(fn, runs: int, warmup: int = 5) -> tuple[float, float]:
     """p50 and p95 in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[min(len(samples) - 1, int(0.95 * len(samples)))]
+    return interleaved({"fn": fn}, runs, warmup)["fn"]
 
 
 def interleaved(fns: dict, runs: int, warmup: int = 3) -> dict[str, tuple[float, float]]:
