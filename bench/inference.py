@@ -151,14 +151,15 @@ def main() -> None:
                                  f"Predictor (onnx): decode+transform+model, batch {batch}": predictor}, runs))
     # Where the Predictor's extra time goes, per image (batch 1): the steps of `image_tensor`.
     first, size, mean, std = str(images[0]), args.size, onnx.model.mean, onnx.model.std
-    opened, prepared = open_image(first), prepare(open_image(first), size)
+    opened = open_image(first)
+    prepared = prepare(opened, size)
     rows["  of which: decode (open_image), 1 image"] = timings(lambda: open_image(first), args.runs)
     rows[f"  of which: resize + centre crop to {size} px, 1 image"] = timings(lambda: prepare(opened, size), args.runs)
     rows["  of which: normalise to a tensor, 1 image"] = timings(lambda: to_tensor(prepared, mean, std), args.runs)
     # A phone-sized upload (a real image enlarged to 4000×3000, 12 MP): open_image(min_side=size) has libjpeg
     # decode it at 1/4 scale (1000×750); the last row is the same decode + resize done from a full decode.
     phone = folder / "phone.jpg"
-    open_image(first).resize((4000, 3000), Image.Resampling.BICUBIC).save(phone, quality=92)
+    Image.fromarray(opened).resize((4000, 3000), Image.Resampling.BICUBIC).save(phone, quality=92)
     runs = max(5, args.runs // 5)
     rows["Predictor (onnx), batch 1, a 12 MP JPEG upload"] = timings(
         lambda: onnx.predict(str(phone), 50, "female", "torso"), runs)

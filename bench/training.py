@@ -171,7 +171,10 @@ def smoke(cfg: Config, n_images: int, device: str, json_path: Path | None) -> No
                   f"{r['steps_timed']} |")
         if json_path:
             json_path.write_text(json.dumps(result, indent=1) + "\n")
+    # Tear the process group down before exit: left to the interpreter's shutdown, gloo's threads were once
+    # destroyed while running ("terminate called without an active exception", SIGABRT) after a good run.
     accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 def _bare_step(accelerator: Accelerator, model, optimizer, batch: dict, weights, cfg: Config) -> None:
@@ -202,7 +205,7 @@ def enlarged_rows(rows, side: int, folder: Path):
     paths = []
     for path in rows["path"]:
         target = folder / f"{Path(path).stem}.jpg"
-        open_image(path).resize((side, side), Image.Resampling.BICUBIC).save(target, quality=95)
+        Image.fromarray(open_image(path)).resize((side, side), Image.Resampling.BICUBIC).save(target, quality=95)
         paths.append(str(target))
     return rows.assign(path=paths)
 

@@ -14,8 +14,9 @@ from typing import BinaryIO, Union
 
 import cv2
 import numpy as np
+import simplejpeg
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 ImageInput = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
 
@@ -24,14 +25,19 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # JPEG includes
 # few MP, while a 12 KB PNG can declare 100 MP and make the server decode all of them.
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 8
+# EXIF orientation → what displays an (H, W, C) array upright: Pillow's table in ImageOps.exif_transpose
+# (flip left-right, rotate 180, flip top-bottom, transpose, rotate 270, transverse, rotate 90), as array views.
+_UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.transpose(1, 0, 2),
+            6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
 
 
 class ImageError(ValueError):
     """An input that is not an image we can score; the message is meant for the person who sent it."""
 
 
-def open_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
-    """Open `source` as an RGB PIL image, refusing anything outside the allow-list or the pixel cap.
+def open_image(source: ImageInput, min_side: int | None = None) -> np.ndarray:
+    """Open `source` as RGB pixels: a C-contiguous uint8 array (H, W, 3), refusing anything outside the
+    allow-list or the pixel cap.
 
     Format and size come from the header, before any pixel is decoded. EXIF orientation is applied,
     the first frame of animations/multi-page files is used, and every mode (L, I;16, CMYK, P with
@@ -43,24 +49,30 @@ def open_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
     from a full decode's by under 0.3 levels on average (tests/test_image.py), and a 12 MP phone photo
     decodes in a fraction of the time (bench/inference.py). Training images (ISIC 256 px, HAM 200×150
     here) are never reduced.
+
+    Colour and greyscale JPEGs (every training image, most uploads) are decoded by simplejpeg straight
+    into an array: the same libjpeg-turbo settings as Pillow, so the pixels are bit-identical
+    (tests/test_image.py), at about half Pillow's cost, and without Pillow's RGB → RGBX → RGB copies,
+    which at 512 px cost as much as the decode. Anything else (PNG, CMYK, ...) takes Pillow's path.
     """
+    data: bytes | None = None  # the encoded file, when we were given one
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):
         image = Image.fromarray(source)
     else:
-        if isinstance(source, bytes):
-            if not source:
-                raise ImageError("The file is empty (0 bytes).")
-            source = io.BytesIO(source)
-        elif isinstance(source, (str, os.PathLike)):
+        if isinstance(source, (str, os.PathLike)):
             path = Path(source)
             if not path.is_file():
                 raise ImageError(f"No image file at {path.name!r}.")
-            if path.stat().st_size == 0:
-                raise ImageError("The file is empty (0 bytes).")
+            source = path.read_bytes()  # one read: the header check and the decoder share the bytes
+        elif not isinstance(source, bytes):
+            source = source.read()
+        if not source:
+            raise ImageError("The file is empty (0 bytes).")
+        data = source
         try:
-            image = Image.open(source, formats=ALLOWED_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         except UnidentifiedImageError:
             raise ImageError(
                 "This file is not an image we can read; upload a JPEG, PNG, WebP, BMP, TIFF or GIF."
@@ -74,16 +86,36 @@ def open_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
         )
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"The image is {width}×{height} pixels; it must be at least {MIN_SIDE} pixels a side.")
+    if data is not None and image.format in ("JPEG", "MPO") and image.mode in ("RGB", "L"):
+        pixels = _decode_jpeg(data, image, min_side)
+        if pixels is not None:
+            return pixels
     try:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
         if min_side is not None and image.format in ("JPEG", "MPO"):
             image.draft("RGB", (2 * min_side, 2 * min_side))  # no-op unless a 1/2+ reduction keeps both ≥ 2×
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return to_rgb(image)
+        return np.asarray(to_rgb(ImageOps.exif_transpose(image))).copy()  # writable, like the JPEG path's
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
         raise ImageError(f"The image file is damaged or truncated and cannot be decoded ({err}).") from None
+
+
+def _decode_jpeg(data: bytes, header: Image.Image, min_side: int | None) -> np.ndarray | None:
+    """`data` decoded by simplejpeg at the scale Pillow's `draft("RGB", (2 × min_side,) * 2)` picks, EXIF
+    orientation applied; None when libjpeg-turbo objects (the caller's Pillow path then decides)."""
+    width, height = header.size
+    scale = 1
+    if min_side is not None:  # Pillow's rule: the largest of 8, 4, 2 that keeps both sides ≥ 2 × min_side
+        fits = min(width // (2 * min_side), height // (2 * min_side))
+        scale = next((s for s in (8, 4, 2) if fits >= s), 1)
+    try:  # min_* = the scaled size itself selects exactly 1/scale (libjpeg rounds scaled sides up)
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-width // scale),
+                                        min_height=-(-height // scale))
+    except ValueError:
+        return None
+    upright = _UPRIGHT.get(header.getexif().get(ExifTags.Base.Orientation, 1))
+    return pixels if upright is None else np.ascontiguousarray(upright(pixels))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -101,7 +133,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def prepare(image: Image.Image, size: int) -> np.ndarray:
+def prepare(image: np.ndarray, size: int) -> np.ndarray:
     """Resize the shorter side to `size` and centre-crop a square: uint8 array (size, size, 3).
 
     A crop, not a squash: lesion shape (asymmetry, border) is a melanoma cue that squashing a 4:3
@@ -109,9 +141,7 @@ def prepare(image: Image.Image, size: int) -> np.ndarray:
     (a pixel-area average: no aliasing, and cheaper than Pillow's bicubic, which set the pace of the
     384 px training pipeline) and bicubic enlarges; an image already at the size is not resampled.
     """
-    if image.mode != "RGB":
-        image = to_rgb(image)
-    array = np.asarray(image)
+    array = np.asarray(image)  # open_image's array (a PIL RGB image works too)
     height, width = array.shape[:2]
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
@@ -152,6 +182,6 @@ def to_tensor(array: np.ndarray, mean: list[float], std: list[float]) -> torch.T
     return torch.from_numpy(chw)
 
 
-def eval_transform(image: Image.Image, size: int, mean: list[float], std: list[float]) -> torch.Tensor:
-    """The eval transform: an opened RGB image → normalised (3, size, size) tensor."""
+def eval_transform(image: np.ndarray, size: int, mean: list[float], std: list[float]) -> torch.Tensor:
+    """The eval transform: open_image's pixels → normalised (3, size, size) tensor."""
     return to_tensor(prepare(image, size), mean, std)

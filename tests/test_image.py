@@ -41,16 +41,17 @@ def test_prepare_centre_crops_instead_of_squashing():
     assert out.shape == (60, 60, 3) and (out[:, :, 1] > 200).all()
 
 
-def _resize_then_crop(image: Image.Image, size: int) -> np.ndarray:
+def _resize_then_crop(image: np.ndarray, size: int) -> np.ndarray:
     """The definition `prepare` implements: resize the whole image so the shorter side is `size` (area filter
     shrinking, bicubic enlarging), then take the centre square."""
     import cv2
 
-    scale = size / min(image.size)
-    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    height, width = image.shape[:2]
+    scale = size / min(width, height)
+    w, h = max(size, round(width * scale)), max(size, round(height * scale))
     left, top = (w - size) // 2, (h - size) // 2
-    method = cv2.INTER_AREA if w < image.width else cv2.INTER_CUBIC
-    return cv2.resize(np.asarray(image), (w, h), interpolation=method)[top:top + size, left:left + size]
+    method = cv2.INTER_AREA if w < width else cv2.INTER_CUBIC
+    return cv2.resize(image, (w, h), interpolation=method)[top:top + size, left:left + size]
 
 
 def test_prepare_gives_the_pixels_of_resize_then_crop(isic_rows, ham_rows):
@@ -59,7 +60,7 @@ def test_prepare_gives_the_pixels_of_resize_then_crop(isic_rows, ham_rows):
         for size in (96, 128, 224, 384):
             out = prepare(image, size)
             assert out.flags.writeable and out.flags.c_contiguous and out.dtype == np.uint8
-            assert np.array_equal(out, _resize_then_crop(image, size)), (image.size, size)
+            assert np.array_equal(out, _resize_then_crop(image, size)), (image.shape, size)
     # an image already at the size is not resampled: the JPEG's own pixels
     assert np.array_equal(prepare(images[0], 256), np.asarray(images[0]))
     # shrinking averages pixel areas: a one-pixel checkerboard becomes flat grey, not a moiré
@@ -70,13 +71,13 @@ def test_prepare_gives_the_pixels_of_resize_then_crop(isic_rows, ham_rows):
 
 
 def test_big_jpegs_are_decoded_at_a_reduced_scale_with_the_same_pixels(isic_rows):
-    big = open_image(isic_rows.path[0]).resize((4000, 3000), Image.Resampling.BICUBIC)  # a 12 MP upload
+    big = Image.open(isic_rows.path[0]).resize((4000, 3000), Image.Resampling.BICUBIC)  # a 12 MP upload
     data = _encode(big, "JPEG", quality=92)
-    assert open_image(data, min_side=224).size == (1000, 750)  # 1/4: the largest keeping both sides ≥ 2 × 224
-    assert open_image(data, min_side=128).size == (500, 375)
-    assert open_image(data).size == (4000, 3000)
-    small = _encode(open_image(isic_rows.path[0]), "JPEG")  # 256²: no reduction keeps 2 × 128
-    assert open_image(small, min_side=128).size == (256, 256)
+    assert open_image(data, min_side=224).shape == (750, 1000, 3)  # 1/4: the largest keeping both sides ≥ 2 × 224
+    assert open_image(data, min_side=128).shape == (375, 500, 3)
+    assert open_image(data).shape == (3000, 4000, 3)
+    small = _encode(Image.open(isic_rows.path[0]), "JPEG")  # 256²: no reduction keeps 2 × 128
+    assert open_image(small, min_side=128).shape == (256, 256, 3)
     for size in (128, 224, 384):
         diff = np.abs(prepare(open_image(data, min_side=size), size).astype(int) - prepare(open_image(data), size))
         # the mean is what matters; one pixel in the first image, at 128 px, is 8 levels off
@@ -142,7 +143,7 @@ def test_every_mode_becomes_rgb(isic_rows):
     }
     for name, data in cases.items():
         image = open_image(data)
-        assert image.mode == "RGB" and image.size == rgb.size, name
+        assert image.dtype == np.uint8 and image.shape == (rgb.height, rgb.width, 3), name
     # 16-bit greyscale keeps its contrast instead of clipping to white
     grey = np.asarray(open_image(cases["I;16"]))[..., 0].astype(int)
     assert abs(grey.mean() - np.asarray(rgb.convert("L")).mean()) < 2
@@ -163,5 +164,43 @@ def test_exif_orientation_is_applied(isic_rows):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
     opened = open_image(_encode(stored, "PNG", exif=exif))
-    assert opened.size == upright.size
+    assert opened.shape == (upright.height, upright.width, 3)
     assert np.abs(np.asarray(opened, dtype=int) - np.asarray(upright, dtype=int)).mean() < 1
+
+
+def _pillow_open(data: bytes, min_side: int | None = None) -> np.ndarray:
+    """What open_image gave before simplejpeg: Pillow's decode (draft-reduced), EXIF-transposed, as RGB."""
+    from PIL import ImageOps
+
+    image = Image.open(io.BytesIO(data))
+    if min_side is not None:
+        image.draft("RGB", (2 * min_side, 2 * min_side))
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def test_jpegs_decode_to_pillows_exact_pixels(isic_rows, ham_rows):
+    """The simplejpeg path changes the speed, never the pixels: the eval transform the model was trained and
+    validated with stays what it was, for every kind of JPEG a user or the datasets send."""
+    rgb = Image.open(isic_rows.path[0]).convert("RGB")
+    big = rgb.resize((1200, 900), Image.Resampling.BICUBIC)
+
+    def oriented(orientation: int) -> bytes:  # 6 is a portrait phone shot stored on its side; 1-8 all occur
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        return _encode(big.crop((0, 0, 1200, 700)), "JPEG", exif=exif)
+
+    cases = {f"real {i}": open(p, "rb").read() for i, p in enumerate([*isic_rows.path[:3], *ham_rows.path[:3]])}
+    cases.update({
+        "big": _encode(big, "JPEG", quality=90),
+        **{f"EXIF orientation {o}": oriented(o) for o in range(1, 9)},
+        "progressive": _encode(rgb, "JPEG", progressive=True),
+        "greyscale": _encode(rgb.convert("L"), "JPEG"),
+        "4:2:0 odd size": _encode(rgb.crop((0, 0, 251, 199)), "JPEG", subsampling=2),
+        "MPO (phone stereo)": _encode(rgb, "MPO", save_all=True, append_images=[rgb.rotate(90)]),
+        "CMYK (Pillow's path)": _encode(rgb.convert("CMYK"), "JPEG"),
+    })
+    for name, data in cases.items():
+        for min_side in (None, 96, 224):
+            assert np.array_equal(np.asarray(open_image(data, min_side=min_side)), _pillow_open(data, min_side)), \
+                (name, min_side)
+    assert open_image(cases["EXIF orientation 6"]).shape == (1200, 700, 3)
