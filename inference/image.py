@@ -148,8 +148,10 @@ def prepare(image: np.ndarray, size: int) -> np.ndarray:
     if (new_w, new_h) != (width, height):
         shrink = new_w < width
         array = cv2.resize(array, (new_w, new_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+        if (new_w, new_h) == (size, size):
+            return array  # OpenCV's fresh, contiguous square: nothing to crop (saves a copy per image)
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    return array[top:top + size, left:left + size].copy()  # contiguous, and writable (Pillow's view is not)
+    return array[top:top + size, left:left + size].copy()  # contiguous, and never the caller's own array
 
 
 def _scale_shift(mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray]:

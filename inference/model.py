@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from safetensors.torch import load_model
@@ -139,6 +140,14 @@ class MelanomaModel(
         return model.eval()
 
 
-def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Calibrated class probabilities: softmax(logits / temperature), in float32."""
-    return torch.softmax(logits.float() / temperature, dim=-1)
+def probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated class probabilities: softmax(logits / temperature) over the last axis, in the logits'
+    float precision (float32 at least). The one softmax of the project: serving, metrics and the
+    temperature fit all call it.
+
+    NumPy, not torch: on a handful of numbers torch's per-op dispatch cost the Predictor ~0.25 ms per
+    request at batch 1, measured inside its flow on this CPU (a few % of a 160 px lite0 forward)."""
+    z = np.asarray(logits)
+    z = z.astype(np.result_type(z.dtype, np.float32)) / temperature
+    z = np.exp(z - z.max(axis=-1, keepdims=True))  # shifted: no overflow for any logit
+    return z / z.sum(axis=-1, keepdims=True)

@@ -112,10 +112,10 @@ class Predictor:
                 embedding = self.model.head_and_embedding(self.model.forward_features(images[:batch]), meta[:batch])[1]
         else:
             logits, embedding = self.model.head_and_embedding(self.model.forward_features(images), meta)
-        probs = probabilities(logits, self.model.temperature)
+        probs = probabilities(logits.float().cpu().numpy(), self.model.temperature)
         # dihedral_views puts the untransformed images first: the guard was fitted on those.
         pooled = embedding[:batch].float().cpu().numpy() if embed and embedding is not None else None
-        return probs.view(-1, batch, probs.shape[-1]).mean(dim=0).cpu(), pooled
+        return torch.from_numpy(probs.reshape(-1, batch, probs.shape[-1]).mean(axis=0)), pooled
 
     def _answer(self, probs: torch.Tensor, ood: float | None, meta: md.Metadata, tta: bool) -> dict[str, Any]:
         values = dict(zip(self.classes, (float(p) for p in probs)))

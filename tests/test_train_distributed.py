@@ -18,9 +18,9 @@ import torch
 from conftest import REPO, make_subset, tiny_args
 
 from inference.image import normalize
-from inference.model import CLASSES, MelanomaModel
+from inference.model import CLASSES, MelanomaModel, probabilities
 from train.data import LesionDataset, collate, load_sources
-from train.metrics import MEL, auc, softmax
+from train.metrics import MEL, auc
 
 
 def _launch(args: list[str], use_cpu: bool, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -64,8 +64,8 @@ def test_two_process_validation_gathers_every_sample_once_and_matches_single_pro
     # same weights, different batch composition: float sums may differ in the last bits only
     np.testing.assert_allclose(distributed, logits, rtol=0, atol=1e-4)
     y = (batch["label"].numpy() == MEL).astype(int)
-    single_auc = auc(y, softmax(logits)[:, MEL])
-    assert single_auc == best["melanoma_auc"] == auc(y, softmax(distributed)[:, MEL])
+    single_auc = auc(y, probabilities(logits, 1.0)[:, MEL])
+    assert single_auc == best["melanoma_auc"] == auc(y, probabilities(distributed, 1.0)[:, MEL])
     assert (out / "model" / "model.safetensors").is_file()  # the main rank finished the run
 
 

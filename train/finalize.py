@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from inference.guard import GUARD_ARRAYS, GUARD_JSON
-from inference.model import CLASSES, MelanomaModel
+from inference.model import CLASSES, MelanomaModel, probabilities
 from inference.triage import OPERATING_POINTS
 
 from . import metrics as M
@@ -45,7 +45,7 @@ def out_of_fold(run: Path, frame: pd.DataFrame, folds: list[int]) -> pd.DataFram
 
 def scored_oof(oof: pd.DataFrame, temperature: float) -> pd.DataFrame:
     """The OOF table with calibrated class, melanoma and malignant probabilities added."""
-    probs = M.softmax(oof[LOGITS].to_numpy(), temperature)
+    probs = probabilities(oof[LOGITS].to_numpy(), temperature)
     out = oof.copy()
     for i, c in enumerate(CLASSES):
         out[f"prob_{c}"] = probs[:, i]

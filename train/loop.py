@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import is_tensorboard_available
 
-from inference.model import CLASSES
+from inference.model import CLASSES, probabilities
 
 from . import checkpoint, publish
 from .checkpoint import FoldProgress
@@ -33,7 +33,7 @@ from .config import Config, resolve_config, with_backbone_defaults
 from .epoch import Clock, train_one_epoch, validate
 from .errors import ConfigError, TrainError, TrainingError
 from .finalize import finalize
-from .metrics import MEL, auc, softmax
+from .metrics import MEL, auc
 from .ranks import any_rank
 from .run_folder import claim_run_folder, load_run_data, write_status
 from .setup import FoldSetup, check_recipe, setup_fold
@@ -62,7 +62,7 @@ def run_epoch(accelerator: Accelerator, cfg: Config, fs: FoldSetup, progress: Fo
     if stats["stopped"]:
         return None
     val = validate(accelerator, fs.eval_model(), fs.val_dl, cfg.bad_images)
-    val_auc = auc((val["label"] == MEL).astype(int), softmax(val["logits"])[:, MEL])
+    val_auc = auc((val["label"] == MEL).astype(int), probabilities(val["logits"], 1.0)[:, MEL])
     skipped = stats["skipped"] + val["skipped"]
     row = {"fold": progress.fold, "epoch": epoch + 1, "train_loss": stats["loss"],
            "val_loss": float(F.cross_entropy(torch.from_numpy(val["logits"]), torch.from_numpy(val["label"]))),

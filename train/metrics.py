@@ -21,7 +21,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from inference.model import CLASSES, MALIGNANT
+from inference.model import CLASSES, MALIGNANT, probabilities
 
 from .data import ages
 
@@ -33,13 +33,6 @@ HAM_CLASSES = [c for c in CLASSES if c != "benign_unspecified"]
 AGE_BANDS = ((0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+"))
 SKIN_TYPE_NOTE = ("Skin type (Fitzpatrick) was not recorded in ISIC 2020 or HAM10000, so performance across "
                   "skin tones is unknown; both data sets come mostly from fair-skinned patients.")
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _both_classes(y: np.ndarray) -> bool:
@@ -125,7 +118,7 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T minimising the multi-class NLL of softmax(logits / T) (Guo et al. 2017), T in [0.05, 20]."""
     def nll(log_t: float) -> float:
-        return float(log_loss(labels, softmax(logits, math.exp(log_t)), labels=list(range(len(CLASSES)))))
+        return float(log_loss(labels, probabilities(logits, math.exp(log_t)), labels=list(range(len(CLASSES)))))
 
     best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-4})
     return float(math.exp(best.x))
@@ -186,7 +179,7 @@ def evaluate(rows: pd.DataFrame, logits: np.ndarray, temperature: float) -> dict
     aligned with it; probabilities use `temperature`."""
     labels = rows["label"].map(CLASSES.index).to_numpy()
     sources, sexes, sites = (rows[c].tolist() for c in ("source", "sex", "site"))
-    raw, probs = softmax(logits, 1.0), softmax(logits, temperature)
+    raw, probs = probabilities(logits, 1.0), probabilities(logits, temperature)
     y_mel = (labels == MEL).astype(int)
     y_mal = np.isin(labels, MALIGNANT_IDX).astype(int)
     mel, mal = probs[:, MEL], probs[:, MALIGNANT_IDX].sum(axis=1)

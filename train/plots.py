@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from inference.model import MALIGNANT  # noqa: E402
+from inference.model import MALIGNANT, probabilities  # noqa: E402
 
 from . import metrics as M  # noqa: E402
 
@@ -44,7 +44,7 @@ def plot_reliability(logits: np.ndarray, labels: np.ndarray, temperature: float,
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
     y_mel = (labels == M.MEL).astype(float)
     for t, style in ((1.0, "o-"), (temperature, "s-")):
-        p = M.softmax(logits, t)
+        p = probabilities(logits, t)
         correct = (p.argmax(axis=1) == labels) * 1.0
         top = [(b["confidence"], b["accuracy"]) for b in M.reliability(p.max(axis=1), correct) if b["n"]]
         mel = [(b["confidence"], b["accuracy"]) for b in M.reliability(p[:, M.MEL], y_mel) if b["n"]]
