@@ -7,7 +7,8 @@ Random weights (speed does not depend on them), real ISIC 2020 JPEGs from ../sha
 are measured in one run, the bare session and the Predictor of each batch size in turns (torch eager just
 before them), so the ratios compare like with like on whatever machine runs it; the targets and the
 latest figures are in README ("Speed"). The app round trip is measured through `gradio_client` and
-through plain HTTP (see `app_round_trips`).
+through plain HTTP (see `app_round_trips`). Where the Predictor's time over the bare session goes is timed
+inside its own flow (`steps_in_flow`), beside the image steps alone after a memory sweep (`after_sweep`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,68 @@ def interleaved(fns: dict, runs: int, warmup: int = 3) -> dict[str, tuple[float,
             samples[name].append((time.perf_counter() - start) * 1000)
     return {name: (statistics.median(xs), sorted(xs)[min(len(xs) - 1, int(0.95 * len(xs)))])
             for name, xs in samples.items()}
+
+
+def steps_in_flow(predictor: Predictor, image: str, runs: int) -> dict[str, float]:
+    """Median ms per request of each step as the Predictor runs it (batch 1, `runs` requests): the steps'
+    functions are wrapped with a timer for the run, so this is the real flow, not a copy of it. The steps
+    cost more here than alone: the model run before them has pushed their code and data out of the caches."""
+    import inference.image
+    import inference.predictor
+
+    samples: dict[str, list[float]] = {}
+
+    def timed(name: str, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                samples.setdefault(name, []).append((time.perf_counter() - start) * 1000)
+        return wrapper
+
+    modules = {inference.predictor: ("open_image", "probabilities"), inference.image: ("prepare", "to_tensor")}
+    names = {"open_image": "decode", "prepare": "resize + centre crop", "to_tensor": "normalise",
+             "probabilities": "calibration (softmax / T)"}
+    saved = {(m, a): getattr(m, a) for m, attrs in modules.items() for a in attrs}
+    try:
+        for (module, attr), fn in saved.items():
+            setattr(module, attr, timed(names[attr], fn))
+        predictor.onnx.run = timed("model (onnxruntime session)", predictor.onnx.run)
+        if predictor.guard is not None:  # a frozen dataclass: set on the instance the way it sets its own fields
+            object.__setattr__(predictor.guard, "score", timed("guard distance", predictor.guard.score))
+        predictor._answer = timed("answer dict + triage", predictor._answer)
+        request = timed("whole request", lambda: predictor.predict(image, 50, "female", "torso"))
+        for _ in range(5):
+            request()
+        samples.clear()
+        for _ in range(runs):
+            request()
+    finally:
+        for (module, attr), fn in saved.items():
+            setattr(module, attr, fn)
+        if predictor.guard is not None:
+            object.__delattr__(predictor.guard, "score")
+        del predictor.onnx.run, predictor._answer
+    medians = {name: statistics.median(xs) for name, xs in samples.items()}
+    named = sum(v for k, v in medians.items() if k not in ("whole request", "model (onnxruntime session)"))
+    medians["everything else (metadata, batching, copies)"] = (medians["whole request"] - named
+                                                               - medians["model (onnxruntime session)"])
+    return medians
+
+
+def after_sweep(fns: dict, runs: int, megabytes: int = 40) -> dict[str, float]:
+    """Median ms of each function when a `megabytes` memory sweep (untimed) runs before it, as the model run
+    does in a request: the same steps, with cold caches and no onnxruntime involved."""
+    sweep = np.ones(megabytes * 2**20 // 8)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            sweep.sum()
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(xs) for name, xs in samples.items()}
 
 
 def app_round_trips(predictor: Predictor, image: str, runs: int) -> dict[str, tuple[float, float]]:
@@ -156,6 +219,10 @@ def main() -> None:
     rows["  of which: decode (open_image), 1 image"] = timings(lambda: open_image(first), args.runs)
     rows[f"  of which: resize + centre crop to {size} px, 1 image"] = timings(lambda: prepare(opened, size), args.runs)
     rows["  of which: normalise to a tensor, 1 image"] = timings(lambda: to_tensor(prepared, mean, std), args.runs)
+    steps = {"decode": lambda: open_image(first, min_side=size), "resize + centre crop": lambda: prepare(opened, size),
+             "normalise": lambda: to_tensor(prepared, mean, std)}
+    swept = after_sweep(steps, args.runs * 4)
+    flow = steps_in_flow(onnx, first, args.runs * 4)
     # A phone-sized upload (a real image enlarged to 4000×3000, 12 MP): open_image(min_side=size) has libjpeg
     # decode it at 1/4 scale (1000×750); the last row is the same decode + resize done from a full decode.
     phone = folder / "phone.jpg"
@@ -175,6 +242,11 @@ def main() -> None:
     print(f"| {'what':<58} |  p50 ms |  p95 ms |\n| {'-' * 58} | ------: | ------: |")
     for name, (p50, p95) in rows.items():
         print(f"| {name:<58} | {p50:7.2f} | {p95:7.2f} |")
+    print(f"\nPredictor, batch 1: median ms per request of each step, {args.runs * 4} requests; alone = the table's "
+          f"'each step alone' (warm caches); after a sweep = alone, right after an untimed 40 MB memory sweep")
+    print("| step | in the Predictor's flow | alone, after a sweep |\n| --- | ---: | ---: |")
+    for name, ms in flow.items():
+        print(f"| {name} | {ms:.2f} | {f'{swept[name]:.2f}' if name in swept else ''} |")
     print()
     for batch in (1, 32):
         ready = rows[f"onnxruntime session, ready tensor, batch {batch}"][0]

@@ -74,6 +74,18 @@ def test_inference_bench_ratios_follow_from_its_rows(data_dir, tmp_path):
             predictor / session, abs=0.006)
         assert number(rf"batch {batch}: .* torch eager / onnxruntime = ([\d.]+)x", out) == pytest.approx(
             eager / session, abs=0.006)
+    # the in-flow breakdown: every step the Predictor calls was timed (a step it stopped calling through the
+    # wrapped name would be missing), and the rest is the whole request less the named steps
+    # (a random model here: no guard, so no guard row; `--model output/default` adds "guard distance")
+    steps = ("decode", "resize + centre crop", "normalise", "model (onnxruntime session)", "calibration (softmax / T)",
+             "answer dict + triage")
+    flow = {name: row(name, out) for name in steps}
+    assert "| guard distance |" not in out
+    assert all(ms > 0 for ms in flow.values()), flow
+    assert row("everything else (metadata, batching, copies)", out) == pytest.approx(
+        row("whole request", out) - sum(flow.values()), abs=0.05)
+    for name in steps[:3]:
+        assert row(name, out, column=1) > 0  # the same step alone after a memory sweep
     predictor = row("Predictor (onnx): decode+transform+model, batch 1", out)
     for client in ("gradio_client", "plain HTTP + server-sent events"):
         app = row(f"app via {client}, batch 1", out)
