@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image
 
 from inference.image import MAX_PIXELS, ImageError, eval_transform, open_image, prepare
@@ -178,7 +179,7 @@ def _pillow_open(data: bytes, min_side: int | None = None) -> np.ndarray:
     return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
-def test_jpegs_decode_to_pillows_exact_pixels(isic_rows, ham_rows):
+def test_jpegs_decode_to_pillows_exact_pixels(isic_rows, ham_rows, monkeypatch):
     """The simplejpeg path changes the speed, never the pixels: the eval transform the model was trained and
     validated with stays what it was, for every kind of JPEG a user or the datasets send."""
     rgb = Image.open(isic_rows.path[0]).convert("RGB")
@@ -199,8 +200,19 @@ def test_jpegs_decode_to_pillows_exact_pixels(isic_rows, ham_rows):
         "MPO (phone stereo)": _encode(rgb, "MPO", save_all=True, append_images=[rgb.rotate(90)]),
         "CMYK (Pillow's path)": _encode(rgb.convert("CMYK"), "JPEG"),
     })
+    decoded_by_simplejpeg = []
+    original = simplejpeg.decode_jpeg
+
+    def counting(*args, **kwargs):
+        decoded_by_simplejpeg.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", counting)
     for name, data in cases.items():
         for min_side in (None, 96, 224):
+            before = len(decoded_by_simplejpeg)
             assert np.array_equal(np.asarray(open_image(data, min_side=min_side)), _pillow_open(data, min_side)), \
                 (name, min_side)
+            # the fast path really ran (the comparison alone would pass if every file fell back to Pillow)
+            assert len(decoded_by_simplejpeg) == before + (not name.startswith("CMYK")), (name, min_side)
     assert open_image(cases["EXIF orientation 6"]).shape == (1200, 700, 3)
