@@ -1,11 +1,24 @@
-"""Everything the Space needs: metadata encoding, the model, the eval transform, the Predictor."""
+"""Everything the Space needs: metadata encoding, the eval transform, the Predictor.
 
-from .image import ImageError, eval_transform, open_image
-from .metadata import Metadata, encode, normalize
-from .model import CLASS_NAMES, CLASSES, MALIGNANT, MelanomaModel
-from .predictor import Predictor
+Names are imported on first use (PEP 562), so `import inference.layout` (standard library only) pulls
+in nothing else.
+"""
 
-__all__ = [
-    "CLASSES", "CLASS_NAMES", "MALIGNANT", "ImageError", "MelanomaModel", "Metadata", "Predictor",
-    "encode", "eval_transform", "normalize", "open_image",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ImageError": "image", "eval_transform": "image", "open_image": "image",
+    "Metadata": "metadata", "encode": "metadata", "normalize": "metadata",
+    "CLASSES": "model", "CLASS_NAMES": "model", "MALIGNANT": "model", "MelanomaModel": "model",
+    "Predictor": "predictor",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-GUARD_ARRAYS = "guard.safetensors"
-GUARD_JSON = "guard.json"
+from .layout import GUARD_ARRAYS, GUARD_JSON
 GUARD_VERSION = "mahalanobis-l2sqrt-v1"  # changes whenever `features` or the score changes
 UNAVAILABLE = ("this model has no out-of-scope guard statistics (guard.safetensors + guard.json); "
                "fit them with `python -m train.fit_guard --model <folder>`")

@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# The guard and operating-point files are optional: a model without them runs with the guard off.
-MODEL_FILES = ["config.json", "model.safetensors", "model.onnx", "README.md", "guard.safetensors", "guard.json",
-               "operating_points.json"]
+from .layout import CONFIG, SERVED_FILES, WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -37,8 +35,8 @@ def resolve(source: str | Path, revision: str | None = None) -> ModelSource:
     name, revision = parse_source(str(source), revision)
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{path} is not a model folder: it needs config.json and model.safetensors.")
+        if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+            raise FileNotFoundError(f"{path} is not a model folder: it needs {CONFIG} and {WEIGHTS}.")
         return ModelSource(folder=path.resolve(), model_id=str(path), revision=None)
     if name.count("/") != 1 or name.startswith((".", "/", "~")):
         raise FileNotFoundError(
@@ -48,7 +46,7 @@ def resolve(source: str | Path, revision: str | None = None) -> ModelSource:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        folder = Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=MODEL_FILES))
+        folder = Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=list(SERVED_FILES)))
     except LocalEntryNotFoundError as err:
         raise FileNotFoundError(
             f"Model {name}@{revision or 'main'} is not in the local Hugging Face cache and the Hub "

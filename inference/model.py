@@ -19,6 +19,7 @@ from safetensors.torch import load_model
 from torch import nn
 
 from .backbone import create_backbone
+from .layout import WEIGHTS as WEIGHTS_NAME
 from .metadata import ENCODING_VERSION, META_DIM
 
 CLASSES: tuple[str, ...] = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc", "benign_unspecified")
@@ -33,7 +34,6 @@ CLASS_NAMES = {
     "benign_unspecified": "Benign lesion, type unspecified",
 }
 MALIGNANT: tuple[str, ...] = ("mel", "bcc", "akiec")
-WEIGHTS_NAME = "model.safetensors"
 
 
 class MelanomaModel(

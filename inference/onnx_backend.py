@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-ONNX_NAME = "model.onnx"
+from .layout import ONNX as ONNX_NAME
 EMBEDDING = "embedding"
 
 

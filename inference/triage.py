@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-OPERATING_POINTS = "operating_points.json"
+from .layout import OPERATING_POINTS
 
 
 def load_operating_points(folder: str | Path) -> dict[str, Any] | None:

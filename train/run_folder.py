@@ -18,12 +18,13 @@ import pandas as pd
 import yaml
 from accelerate import Accelerator
 
+from inference.layout import FOLDS, RUN_CONFIG, STATUS
+
 from .config import Config, recipe_changes, to_yaml
 from .data import load_sources
 from .errors import ConfigError, DataError
 from .folds import assign_folds, fold_table
 
-STATUS = "status.json"
 
 
 @dataclass
@@ -51,7 +52,7 @@ def load_run_data(cfg: Config) -> RunData:
 
 def check_resumable(cfg: Config, run: Path, folds_csv: pd.DataFrame) -> None:
     """A folder holding a run is continued only with --resume, the same recipe and the same folds."""
-    saved = run / "config.yaml"
+    saved = run / RUN_CONFIG
     if not saved.is_file():
         return
     if not cfg.resume:
@@ -60,7 +61,7 @@ def check_resumable(cfg: Config, run: Path, folds_csv: pd.DataFrame) -> None:
     if changes:
         raise ConfigError(f"--resume: the recipe differs from the saved run in {', '.join(changes)}; "
                           f"resume with the same settings or start a new output_dir.")
-    old = run / "folds.csv"
+    old = run / FOLDS
     if old.is_file() and not pd.read_csv(old, dtype={"image_id": str})[["image_id", "fold"]].equals(
             folds_csv[["image_id", "fold"]].reset_index(drop=True)):
         raise DataError(f"--resume: the data or folds differ from {old}; resume with the same data.")
@@ -73,8 +74,8 @@ def claim_run_folder(accelerator: Accelerator, cfg: Config, data: RunData) -> Pa
     accelerator.wait_for_everyone()  # every rank has checked the folder before rank 0 writes into it
     if accelerator.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text(to_yaml(cfg))
-        data.folds_csv.to_csv(run / "folds.csv", index=False)
+        (run / RUN_CONFIG).write_text(to_yaml(cfg))
+        data.folds_csv.to_csv(run / FOLDS, index=False)
         write_status(run, {"status": "running", "folds_done": [], "model_dir": None, "commit": None,
                            "processes": accelerator.num_processes})
     accelerator.wait_for_everyone()

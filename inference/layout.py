@@ -1,0 +1,33 @@
+"""Where things are: the file names of a model folder and of a training run folder, in one place.
+
+Standard library only, and `inference/__init__.py` imports nothing eagerly, so `import inference.layout`
+works before anything is installed (the Kaggle notebook's helper module reads it in its install cell).
+Every other file asks this module instead of spelling a name out.
+"""
+
+from __future__ import annotations
+
+# --- a model folder: what `save_pretrained` + finalize write, what the Space downloads -------------------
+CONFIG = "config.json"  # the model's constructor arguments (PyTorchModelHubMixin)
+WEIGHTS = "model.safetensors"
+ONNX = "model.onnx"  # what the Space runs (onnxruntime)
+CARD = "README.md"  # the model card
+GUARD_ARRAYS = "guard.safetensors"  # out-of-scope guard statistics (inference/guard.py)
+GUARD_JSON = "guard.json"
+OPERATING_POINTS = "operating_points.json"  # triage lines (inference/triage.py)
+METRICS = "metrics.json"
+TRAINING_CONFIG = "training_config.yaml"  # the recipe that trained it
+# What serving downloads; the guard and operating-point files are optional (answers then say so).
+SERVED_FILES = (CONFIG, WEIGHTS, ONNX, CARD, GUARD_ARRAYS, GUARD_JSON, OPERATING_POINTS)
+
+# --- a training run folder (train/run_folder.py claims it) -------------------------------------------------
+STATUS = "status.json"  # "running" / "complete" / "time_limit", folds done, processes; the notebook reads it
+RUN_CONFIG = "config.yaml"
+FOLDS = "folds.csv"
+MODEL_DIR = "model"  # the final model folder inside a run folder
+LOGIT_PREFIX = "logit_"  # out-of-fold tables: one column per class, "logit_mel", ...
+
+
+def logit_columns(classes: tuple[str, ...] | list[str]) -> list[str]:
+    """The out-of-fold table's logit column names, in class order."""
+    return [f"{LOGIT_PREFIX}{c}" for c in classes]
