@@ -34,7 +34,7 @@ EXAMPLES = HERE / "examples"
 NOTICE = ("**Research demo, not a diagnosis.** This model has not been clinically validated. "
           "Anyone worried about a skin lesion should see a doctor or dermatologist.")
 REFUSAL = ("## This does not look like a dermoscopic image\nThe model was trained only on dermatoscope photos of "
-           "skin lesions, so it gives no melanoma score for this image. Try a close-up taken through a dermatoscope.")
+           "skin lesions, so it gives no melanoma probability for this image. Try a close-up taken through a dermatoscope.")
 # Server settings of the Space (tests launch with the same ones). Every API call is a new Gradio
 # session holding a copy of the page config (~50 KB); the app keeps no per-session state, so few are kept.
 LAUNCH = dict(max_file_size="20mb", show_error=True, ssr_mode=False, enable_monitoring=False, mcp_server=False,
@@ -45,7 +45,7 @@ BLANK = {gr.Markdown: "", gr.Number: None, gr.Label: {}, gr.Image: None, gr.JSON
 
 def refuse(message: str) -> gr.Error:
     """A message for the person (printed nowhere: it can quote their input)."""
-    return gr.Error(html.escape(message, quote=False), title="Cannot score this input", print_exception=False)
+    return gr.Error(html.escape(message, quote=False), title="Cannot assess this input", print_exception=False)
 
 
 def upload_path(image: dict | None, uploads: Path) -> str | None:
@@ -63,7 +63,7 @@ def upload_path(image: dict | None, uploads: Path) -> str | None:
 
 def predict(predictor: Predictor, uploads: Path, image: dict | None, age: float | None = None,
             sex: str | None = None, site: str | None = None) -> dict:
-    """Score one dermoscopic image with optional age (0-100), sex and anatomical site; blank = unknown.
+    """Assess one dermoscopic image with optional age (0-100), sex and anatomical site; blank = unknown.
     Returns the inference.Predictor.predict dict: melanoma_probability, malignant_probability,
     diagnosis (class -> probability, most likely first), in_distribution (false: not a dermoscopic
     image), ood_score, triage (band with its validation sensitivity/specificity), metadata as read,
@@ -81,7 +81,7 @@ def predict(predictor: Predictor, uploads: Path, image: dict | None, age: float 
 
 def show(answer: dict) -> tuple:
     """(headline, melanoma number, benign/malignant, differential, triage words) for one answer."""
-    if answer["in_distribution"] is False:  # no number at all: a score on a cat or a screenshot misleads
+    if answer["in_distribution"] is False:  # no number at all: a probability for a cat or a screenshot misleads
         return REFUSAL, None, {}, {}, ""
     mel, malignant = answer["melanoma_probability"], answer["malignant_probability"]
     headline = f"## Melanoma probability: {mel:.1%}\nBenign {1 - malignant:.1%} · malignant {malignant:.1%}"
@@ -168,7 +168,7 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = (600, 600))
                 # No big heading naming the top class: it would read like a diagnosis.
                 benign_malignant = gr.Label(label="Benign or malignant", show_heading=False, elem_id="benign-malignant")
                 ddx = gr.Label(label="Differential diagnosis", num_top_classes=5, show_heading=False, elem_id="ddx")
-                heat = gr.Image(label="Grad-CAM: regions that raised the melanoma score (bright = more)",
+                heat = gr.Image(label="Grad-CAM: regions that raised the melanoma probability (bright = more)",
                                 type="numpy", format="png", interactive=False, height=320, elem_id="heat-map")
                 with gr.Accordion("Raw answer (same JSON as the /predict API)", open=False):
                     answer = gr.JSON(label="Answer")

@@ -1,4 +1,4 @@
-"""Grad-CAM of the melanoma logit, in NumPy: which parts of the image raised the melanoma score.
+"""Grad-CAM of the melanoma logit, in NumPy: which parts of the image raised the melanoma probability.
 
 Why no autograd is needed (and the map is exact, not an approximation): the model's head is linear in
 the average-pooled feature map. With A (C, h, w) the backbone's last feature map and W the head's

@@ -57,9 +57,9 @@ class Guard:
     def score(self, embedding: np.ndarray) -> np.ndarray:
         """(B, D) pooled embeddings → (B,) squared Mahalanobis distances (bigger = less like training)."""
         centred = (features(embedding) - self.mean).astype(np.float32)
-        # BLAS, not einsum (2.8 -> 0.19 ms), but on one thread: the product is small, and OpenBLAS's worker
-        # threads keep spinning after a call, which on a 2-core Space takes a core from the onnxruntime run
-        # of the next request (bench/inference.py: Predictor / bare session at batch 1).
+        # BLAS, not einsum (far faster), but on one thread: the product is small, and OpenBLAS's worker threads
+        # keep spinning after a call, which on a 2-core Space takes a core from the onnxruntime run of the next
+        # request (bench/inference.py: Predictor / bare session at batch 1).
         with _blas().limit(limits=1, user_api="blas"):
             product = centred @ self.precision
         return (product * centred).sum(axis=1, dtype=np.float64)

@@ -32,7 +32,7 @@ _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[
 
 
 class ImageError(ValueError):
-    """An input that is not an image we can score; the message is meant for the person who sent it."""
+    """An input that is not an image we can assess; the message is meant for the person who sent it."""
 
 
 def open_image(source: ImageInput, min_side: int | None = None) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 `train.onnx_export` writes `model.onnx` beside `model.safetensors`, in one export, with inputs `image`
 (B, 3, S, S) and `meta` (B, META_DIM) and three outputs: `logits` (B, n_classes), `embedding` (B, D: the
-pooled backbone features the out-of-scope guard scores) and `features` (B, D, h, w: the last feature map,
+pooled backbone features the out-of-scope guard reads) and `features` (B, D, h, w: the last feature map,
 from which `inference.explain` computes Grad-CAM). The batch dimension is dynamic. A run computes only
 the outputs asked for, so scoring never copies the feature map out. Calibration (temperature, softmax)
 stays in `inference.model.probabilities`.

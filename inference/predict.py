@@ -5,7 +5,7 @@
 Reads the competition layout (`test.csv` + `jpeg/test/*.jpg`) and cdeotte's `jpeg-melanoma-NxN`
 layout (`test.csv` + `test/*.jpg`); pass the image folder itself as --images. Extra columns are
 ignored and missing metadata columns or blank cells mean "unknown". Every check (columns, metadata
-values, image files) runs before the first image is scored, and the output appears only when complete.
+values, image files) runs before the first image is assessed, and the output appears only when complete.
 """
 
 from __future__ import annotations
@@ -76,9 +76,9 @@ def load_table(csv: Path, images: Path) -> pd.DataFrame:
     return table
 
 
-def score(predictor: Predictor, table: pd.DataFrame, tta: bool, batch_size: int) -> pd.DataFrame:
+def melanoma_probabilities(predictor: Predictor, table: pd.DataFrame, tta: bool, batch_size: int) -> pd.DataFrame:
     """Melanoma probability per row, with a progress bar."""
-    with tqdm(total=len(table), unit="img", desc="scoring", disable=None) as bar:
+    with tqdm(total=len(table), unit="img", desc="assessing", disable=None) as bar:
         answers = predictor.predict_batch(
             list(table.path), list(table.age), list(table.sex), list(table.site),
             tta=tta, batch_size=batch_size, progress=bar.update,
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = load_table(args.csv, args.images)
         predictor = Predictor.from_pretrained(args.model, threads=args.threads)
-        submission = score(predictor, table, args.tta, args.batch_size)
+        submission = melanoma_probabilities(predictor, table, args.tta, args.batch_size)
     except (InputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

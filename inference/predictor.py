@@ -1,4 +1,4 @@
-"""Predictor: load a trained model once, score images + metadata, return plain dicts. No torch.
+"""Predictor: load a trained model once, assess images + metadata, return plain dicts. No torch.
 
 The model runs as its exported ONNX graph in onnxruntime (`inference.onnx_backend`); config.json is read
 as JSON (`inference.model.ModelConfig`). Thread-safe: one session serves concurrent requests and every
@@ -45,7 +45,7 @@ def dihedral_views(images: np.ndarray) -> np.ndarray:
 
 
 class Predictor:
-    """Scores dermoscopic images with patient metadata using a model's ONNX graph."""
+    """Assesses dermoscopic images with patient metadata using a model's ONNX graph."""
 
     def __init__(self, config: ModelConfig, session: Any, head: np.ndarray | None = None, model_id: str = "local",
                  revision: str | None = None, guard: Guard | None = None,
@@ -133,7 +133,7 @@ class Predictor:
 
     def predict(self, image: ImageInput, age: Any = None, sex: Any = None, site: Any = None,
                 tta: bool = False) -> dict[str, Any]:
-        """Score one image. Raises ValueError (or its subclass ImageError) for bad input.
+        """Assess one image. Raises ValueError (or its subclass ImageError) for bad input.
 
         Returns a plain dict: melanoma_probability, malignant_probability, diagnosis (class →
         probability, most likely first), in_distribution (False: not like a dermoscopic image; None:
@@ -145,9 +145,9 @@ class Predictor:
     def predict_batch(self, images: Sequence[ImageInput], ages: Sequence[Any] | None = None,
                       sexes: Sequence[Any] | None = None, sites: Sequence[Any] | None = None,
                       tta: bool = False, batch_size: int = 32, progress: Any = None) -> list[dict[str, Any]]:
-        """Score many images; metadata lists run parallel to `images` (None = all unknown).
+        """Assess many images; metadata lists run parallel to `images` (None = all unknown).
 
-        All metadata is validated before any image is scored; an error names the item's index.
+        All metadata is validated before any image is assessed; an error names the item's index.
         `progress`, if given, is called with the number of items finished after each batch.
         """
         n = len(images)
@@ -168,8 +168,10 @@ class Predictor:
             pixels = np.stack([self.model_input(images[i]) for i in chunk])
             outputs = (LOGITS, EMBEDDING) if self.guard is not None else (LOGITS,)
             probs, others = self.forward(pixels, encoded[start:chunk.stop], tta=tta, outputs=outputs)
-            with self.step("guard"):
-                ood = self.guard.score(others[0]).tolist() if self.guard is not None else [None] * len(chunk)
+            ood: list = [None] * len(chunk)
+            if self.guard is not None:
+                with self.step("guard"):
+                    ood = self.guard.score(others[0]).tolist()
             with self.step("answer"):
                 answers += [self._answer(p, o, metas[i], tta) for p, o, i in zip(probs, ood, chunk)]
             if progress is not None:

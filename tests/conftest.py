@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from inference import MelanomaModel
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MELANOMA_DATA", REPO.parent / "shared" / "data"))
@@ -62,13 +61,19 @@ def reference(tmp_path_factory, subset) -> tuple[Path, subprocess.CompletedProce
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A random timm `test_efficientnet` fused model saved with save_pretrained (fast, no real features)."""
+    """A random timm `test_efficientnet` fused model saved as training saves it (save_pretrained + model.onnx):
+    fast, no real features."""
     import torch
+
+    from train.model import MelanomaModel
+    from train.onnx_export import export_onnx
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_model")
-    MelanomaModel(backbone="test_efficientnet", image_size=64, mean=[0.485, 0.456, 0.406],
-                  std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    model = MelanomaModel(backbone="test_efficientnet", image_size=64, mean=[0.485, 0.456, 0.406],
+                          std=[0.229, 0.224, 0.225])
+    model.save_pretrained(folder)
+    export_onnx(model, folder)
     return folder
 
 

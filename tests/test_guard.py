@@ -2,8 +2,7 @@
 
 On the bundled model: the cat and generated non-lesions are refused, held-out dermoscopic images are
 not, both backends agree. On a tiny model fitted here: the files round-trip, the threshold flags at
-most 2 % of the validation rows, a model without the files still answers (guard unavailable), and
-adding the ONNX embedding output leaves the logits bit-identical.
+most 2 % of the validation rows, a model without the files still answers (guard unavailable).
 """
 
 from __future__ import annotations
@@ -14,17 +13,16 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import REPO  # pytest puts tests/ on sys.path
 from skimage.data import astronaut, chelsea
 
 from inference import Predictor
 from inference.guard import GUARD_ARRAYS, GUARD_JSON, Guard
-from inference.onnx_backend import OnnxLogits
+from inference.model import ModelConfig
 from inference.triage import OPERATING_POINTS, describe, triage
-from train.fit_guard import add_embedding_output, fit_guard, operating_points, threshold_for
+from train.fit_guard import fit_guard, operating_points, threshold_for
 from train.guard_eval import generated_images
-from train.onnx_export import export_onnx
+from train.model import EagerSession, MelanomaModel
 
 BUNDLED = REPO / "output" / "default"
 
@@ -62,7 +60,8 @@ def test_generated_non_lesions_are_refused(bundled):
 
 
 def test_backends_and_tta_agree_on_the_guard(bundled, held_out):
-    torch_backend = Predictor.from_pretrained(BUNDLED, backend="torch")
+    torch_backend = Predictor(ModelConfig.load(BUNDLED), EagerSession(MelanomaModel.from_pretrained(str(BUNDLED))),
+                              guard=bundled.guard)
     for path in held_out[:3] + [chelsea()]:
         a, b = bundled.predict(path), torch_backend.predict(path)
         assert a["in_distribution"] == b["in_distribution"]
@@ -117,8 +116,6 @@ def fitted_tiny(tiny_model_dir, tmp_path_factory, isic_rows, ham_rows):
     folder = tmp_path_factory.mktemp("guarded")
     for f in tiny_model_dir.iterdir():
         shutil.copy(f, folder)
-    model = Predictor.from_pretrained(folder, backend="torch").model
-    export_onnx(model, folder)
     rows = pd.concat([isic_rows.head(120)[["path", "target"]], ham_rows.head(120).assign(
         target=lambda d: (d.dx == "mel").astype(int))[["path", "target"]]], ignore_index=True)
     rows.loc[:39, "target"] = 1  # the tiny random model needs ≥ 20 melanomas for the operating points
@@ -134,26 +131,9 @@ def test_fit_guard_writes_files_that_round_trip(fitted_tiny):
     scores = summary["validation_scores"]
     assert (scores > guard.threshold).mean() <= 0.02
     predictor = Predictor.from_pretrained(folder)
-    assert predictor.backend == "onnxruntime" and predictor.onnx.has_embedding
     answers = predictor.predict_batch(list(val.path[:8]))
     np.testing.assert_allclose([a["ood_score"] for a in answers], scores[:8], rtol=1e-4)
     assert json.loads((folder / GUARD_JSON).read_text())["max_flagged"] == 0.02
-
-
-def test_embedding_output_keeps_logits_identical(fitted_tiny, tmp_path):
-    folder, _, _ = fitted_tiny
-    assert add_embedding_output(folder / "model.onnx") is False  # already there: left alone
-    model = Predictor.from_pretrained(folder, backend="torch").model
-    export_onnx(model, tmp_path)
-    plain = OnnxLogits(tmp_path / "model.onnx")
-    assert not plain.has_embedding
-    assert add_embedding_output(tmp_path / "model.onnx") is True
-    images, meta = torch.randn(4, 3, model.image_size, model.image_size), torch.rand(4, 12)
-    logits, embedding = OnnxLogits(tmp_path / "model.onnx").run(images, meta)
-    assert torch.equal(logits, plain(images, meta))
-    with torch.inference_mode():
-        expected = model.head_and_embedding(model.forward_features(images), meta)[1]
-    torch.testing.assert_close(embedding, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_model_without_guard_answers_and_says_so(tiny_model_dir, isic_rows):

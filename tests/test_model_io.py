@@ -12,7 +12,9 @@ import torch
 from conftest import REPO
 from safetensors.torch import load_file, save_file
 
-from inference import MelanomaModel, Predictor
+from inference import Predictor
+from inference.layout import SERVED_FILES
+from train.model import MelanomaModel
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -55,10 +57,11 @@ def test_temperature_is_saved_in_config_and_used(tiny_model_dir, tmp_path):
     model = MelanomaModel.from_pretrained(tiny_model_dir)
     model.set_temperature(2.5)
     model.save_pretrained(tmp_path / "calibrated")
+    shutil.copy(tiny_model_dir / "model.onnx", tmp_path / "calibrated")  # the graph gives logits; T is applied after
     assert json.loads((tmp_path / "calibrated" / "config.json").read_text())["temperature"] == 2.5
     hot, cold = Predictor.from_pretrained(tmp_path / "calibrated"), Predictor.from_pretrained(tiny_model_dir)
-    images, meta = _batch(model, 1)
-    p_hot, p_cold = hot.probabilities(images, meta), cold.probabilities(images, meta)
+    images, meta = (t.numpy() for t in _batch(model, 1))
+    p_hot, p_cold = hot.forward(images, meta)[0], cold.forward(images, meta)[0]
     assert p_hot.max() < p_cold.max()  # a higher temperature flattens the distribution
     with pytest.raises(ValueError, match="temperature"):
         model.set_temperature(0.0)
@@ -69,8 +72,9 @@ def _fake_hub_cache(root: Path, model_dir: Path, repo="org/melanoma") -> Path:
     repo_dir = root / ("models--" + repo.replace("/", "--"))
     snapshot = repo_dir / "snapshots" / SHA
     snapshot.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(model_dir / name, snapshot / name)
+    for name in SERVED_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy(model_dir / name, snapshot / name)
     (repo_dir / "refs").mkdir()
     (repo_dir / "refs" / "main").write_text(SHA)
     return root

@@ -3,8 +3,8 @@
 import math
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
-import torch
 
 from inference import CLASSES, Predictor
 from inference.predictor import dihedral_views
@@ -61,13 +61,14 @@ def test_metadata_changes_the_answer_and_is_echoed(predictor, samples):
 
 def test_tta_is_one_batched_forward_over_eight_views(predictor, samples, monkeypatch):
     calls = []
-    forward = predictor.model.forward_features  # the backbone pass; logits and embedding share it
-    monkeypatch.setattr(predictor.model, "forward_features", lambda x: calls.append(x.shape[0]) or forward(x))
+    run = predictor.session.run  # one graph run gives logits and embedding
+    monkeypatch.setattr(predictor.session, "run", lambda x, m, o: calls.append(x.shape[0]) or run(x, m, o))
     predictor.predict_batch(samples[0][:3], tta=True)
     assert calls == [24]
-    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
-    views = dihedral_views(x).view(8, 2, 3, 4, 4)
-    assert len({v.numpy().tobytes() for v in views[:, 0]}) == 8  # eight distinct views of a generic image
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    views = dihedral_views(x).reshape(8, 2, 3, 4, 4)
+    assert len({v.tobytes() for v in views[:, 0]}) == 8  # eight distinct views of a generic image
+    assert np.array_equal(views[1, 0], x[0, :, :, ::-1]) and np.array_equal(views[4, 1], x[1].swapaxes(-1, -2))
 
 
 def test_concurrent_calls_give_the_same_answers(predictor, samples):

@@ -11,7 +11,8 @@ import torch
 import yaml
 from conftest import tiny_args
 
-from inference.image import normalize, open_image, prepare, to_tensor
+from inference.image import open_image, prepare, to_input
+from train.epoch import batch_to_input
 from train import augment
 
 
@@ -66,15 +67,15 @@ def test_colour_is_a_monotone_table_per_channel_and_geometry_moves_pixels(lesion
         augment.build("heavy", 96)
 
 
-def test_normalize_on_the_batch_is_the_eval_transform_and_channels_last(lesion):
+def test_batch_to_input_is_the_eval_transform_and_channels_last(lesion):
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     batch = torch.from_numpy(np.stack([lesion, lesion[::-1].copy()]))
-    out = normalize(batch, mean, std)
+    out = batch_to_input(batch, mean, std)
     assert out.shape == (2, 3, 96, 96) and out.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last)
     expected = (lesion.astype(np.float64) / 255 - mean) / std
     np.testing.assert_allclose(out[0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
-    assert torch.equal(to_tensor(lesion, mean, std), out[0].contiguous())  # the Predictor's single image
+    assert np.array_equal(to_input(lesion, mean, std), out[0].contiguous().numpy())  # the Predictor's single image
 
 
 def test_weight_average_follows_the_model_and_survives_a_save(tmp_path):

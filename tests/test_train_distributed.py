@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 from conftest import REPO, make_subset, tiny_args
 
-from inference.image import normalize
-from inference.model import CLASSES, MelanomaModel, probabilities
+from inference.model import CLASSES, probabilities
+from train.epoch import batch_to_input
+from train.model import MelanomaModel
 from train.data import LesionDataset, collate, load_sources
 from train.metrics import MEL, auc
 
@@ -59,7 +60,7 @@ def test_two_process_validation_gathers_every_sample_once_and_matches_single_pro
     dataset = LesionDataset(rows, 64)
     batch = collate([dataset[i] for i in range(len(dataset))])
     with torch.no_grad():
-        logits = model(normalize(batch["image"], model.mean, model.std), batch["meta"]).numpy()
+        logits = model(batch_to_input(batch["image"], model.mean, model.std), batch["meta"]).numpy()
     distributed = gathered[[f"logit_{c}" for c in CLASSES]].to_numpy()
     # same weights, different batch composition: float sums may differ in the last bits only
     np.testing.assert_allclose(distributed, logits, rtol=0, atol=1e-4)

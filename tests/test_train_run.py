@@ -74,8 +74,7 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
     # the temperature fitted on OOF logits is in the saved config, and the Space's Predictor loads the folder
     config = json.loads((model / "config.json").read_text())
     assert config["temperature"] == pytest.approx(metrics["temperature"])
-    predictor = Predictor.from_pretrained(model, device="cpu")
-    assert predictor.backend == "onnxruntime"  # model.onnx was exported beside the weights
+    predictor = Predictor.from_pretrained(model)  # model.onnx was exported beside the weights
     image = pd.read_csv(subset[0] / "train.csv").image_name.iloc[0]
     answer = predictor.predict(subset[0] / "train" / f"{image}.jpg", age=50, sex="male", site="torso")
     assert 0.0 <= answer["melanoma_probability"] <= 1.0
@@ -201,7 +200,7 @@ class FakeHub:
         files = sorted(p.name for p in Path(folder_path).iterdir())
         FakeHub.calls.append(("upload_folder", repo_id, folder_path, files, kwargs))
         # what would be uploaded must be loadable as it is
-        Predictor.from_pretrained(folder_path, device="cpu")
+        Predictor.from_pretrained(folder_path)
         return types.SimpleNamespace(oid="0123456789abcdef0123456789abcdef01234567")
 
 

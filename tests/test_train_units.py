@@ -120,10 +120,10 @@ def test_image_only_mode_is_one_config_key(data_dir):
     cfg = make({"isic_dirs": ["x"], "backbone": "test_efficientnet", "backbone_weights": "none", "image_size": 64,
                 "metadata_mode": "image_only"})
     model = build_model(cfg, pretrained=True)
-    assert not model.uses_metadata and model.config["meta_hidden"] == 0
+    assert model.meta is None and model.config["meta_hidden"] == 0
     frame, _ = load_sources([str(data_dir / "isic2020")], [], "none")
     sample = LesionDataset(frame.iloc[:1], 64, use_metadata=False)[0]
-    assert torch.equal(sample["meta"], encode(Metadata()))  # every field unknown
+    assert torch.equal(sample["meta"], torch.from_numpy(encode(Metadata())))  # every field unknown
 
 
 def test_balanced_sampler_is_seeded_by_epoch_and_balances_classes():
