@@ -51,9 +51,6 @@ def parser() -> argparse.ArgumentParser:
                                 "else this checkout's)")
     rehearsal.add_argument("--report", type=Path, help="write the JSON report here (default: stdout only)")
     rehearsal.add_argument("--work", type=Path, help="keep the venv and the app logs here (default: removed)")
-    rehearsal.add_argument("--replace-requirement", action="append", default=[], metavar="NAME==VERSION",
-                           help="TEMPORARY, until app.py is torch-free: install this instead of the staged "
-                                "requirements.txt's line for NAME (e.g. torch==2.13.0, a CPU wheel)")
     return top
 
 
@@ -79,7 +76,7 @@ def space(args: argparse.Namespace) -> int:
 
 
 def rehearse_command(args: argparse.Namespace) -> int:
-    report = rehearse(args.rehearse_stage, args.model_folder, args.work, args.replace_requirement)
+    report = rehearse(args.rehearse_stage, args.model_folder, args.work)
     text = json.dumps(report, indent=1)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)

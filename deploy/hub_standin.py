@@ -90,10 +90,10 @@ class HubStandin:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as huggingface_hub's client expects of the Hub
 
-            def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+            def do_HEAD(self) -> None:  # http.server's naming
                 standin._answer(self, body=False)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 standin._answer(self, body=True)
 
             def log_message(self, *args) -> None:  # requests are recorded in `requests`, not printed
@@ -115,8 +115,8 @@ class HubStandin:
         path = unquote(urlsplit(h.path).path)
         self.requests.append((h.command, path))
         repo = re.escape(self.repo_id)
-        api = re.fullmatch(rf"/api/models/([^/]+/[^/]+)/(tree|revision)/([^/]+)(/.*)?", path)
-        resolve = re.fullmatch(rf"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(tree|revision)/([^/]+)(/.*)?", path)
+        resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         found = api or resolve
         if found is None:
             return self._error(h, 404, "RepoNotFound", f"no route {path}", body)

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import math
 import os
-import re
 import shutil
 import signal
 import socket
@@ -78,33 +76,14 @@ def find_python(version: str) -> str:
                       f"`pyenv install {version}`, or put python{version} on PATH")
 
 
-def requirements_for_pip(stage_dir: Path, work: Path, replace: list[str]) -> Path:
-    """The staged requirements.txt, or (TEMPORARY crutch, only while app.py still needs torch) a copy of
-    it in `work` with each `name==version` of `replace` substituted for that package's line."""
-    source = stage_dir / "requirements.txt"
-    if not replace:
-        return source
-    lines = source.read_text().splitlines()
-    for spec in replace:
-        name = re.split(r"[=<>!~\[; ]", spec, maxsplit=1)[0]
-        key = re.sub(r"[-_.]+", "-", name).lower()
-        lines = [line for line in lines
-                 if re.sub(r"[-_.]+", "-", re.split(r"[=<>!~\[; #]", line.strip(), maxsplit=1)[0]).lower() != key]
-        lines.append(f"{spec}  # rehearsal --replace-requirement (temporary)")
-    copy = work / "requirements-rehearsal.txt"
-    copy.write_text("\n".join(lines) + "\n")
-    return copy
-
-
-def build_venv(stage_dir: Path, work: Path, python: str, replace: list[str]) -> tuple[Path, float, float]:
+def build_venv(stage_dir: Path, work: Path, python: str) -> tuple[Path, float, float]:
     """(venv python, pip seconds, venv MB): a fresh venv with the staged requirements installed."""
     venv = work / "venv"
     subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300, capture_output=True)
-    requirements = requirements_for_pip(stage_dir, work, replace)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     start = time.perf_counter()
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                          "-r", str(requirements)], cwd=stage_dir, env=env, capture_output=True, text=True,
+                          "-r", "requirements.txt"], cwd=stage_dir, env=env, capture_output=True, text=True,
                          timeout=PIP_TIMEOUT_S)
     seconds = time.perf_counter() - start
     if pip.returncode != 0:
@@ -170,7 +149,8 @@ def check_answer(answer: Any, row: dict[str, str], leg: Leg) -> list[str]:
         return [f"answer is {type(answer).__name__}, not a dict"]
     problems = []
     if set(answer) != ANSWER_KEYS:
-        problems.append(f"keys differ: missing {sorted(ANSWER_KEYS - set(answer))}, extra {sorted(set(answer) - ANSWER_KEYS)}")
+        problems.append(f"keys differ: missing {sorted(ANSWER_KEYS - set(answer))}, "
+                        f"extra {sorted(set(answer) - ANSWER_KEYS)}")
     diagnosis = answer.get("diagnosis") or {}
     values = [answer.get("melanoma_probability"), answer.get("malignant_probability"), *diagnosis.values()]
     if not diagnosis or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in values):
@@ -188,36 +168,44 @@ def check_answer(answer: Any, row: dict[str, str], leg: Leg) -> list[str]:
 
 def run_leg(leg: Leg, stage_dir: Path, work: Path, venv_python: Path, hub: HubStandin) -> None:
     """Start the staged app for `leg`, call /predict on every example, record answers and failures."""
-    from gradio_client import Client, handle_file
-
     port = free_port()
     url = f"http://{LOOPBACK}:{port}/"
     (work / leg.name).mkdir(parents=True, exist_ok=True)
-    log = open(work / leg.name / "app.log", "wb")
-    server = subprocess.Popen([str(venv_python), "app.py"], cwd=stage_dir, stdout=log, stderr=subprocess.STDOUT,
-                              env=app_env(port, work, leg, hub.endpoint, venv_python), start_new_session=True)
     requests_before = len(hub.requests)
+    with open(work / leg.name / "app.log", "wb") as log:
+        server = subprocess.Popen([str(venv_python), "app.py"], cwd=stage_dir, stdout=log, stderr=subprocess.STDOUT,
+                                  env=app_env(port, work, leg, hub.endpoint, venv_python), start_new_session=True)
+        try:
+            leg.first_200_s = wait_for_200(url, server, START_TIMEOUT_S)
+            call_examples(leg, url, stage_dir)
+        except DeployError as err:
+            leg.failures.append(f"{leg.name}: {err}; see {work / leg.name / 'app.log'}")
+        finally:
+            stop(server)
+            leg.hub_requests = len(hub.requests) - requests_before
+
+
+def call_examples(leg: Leg, url: str, stage_dir: Path) -> None:
+    """/predict through gradio_client on every example, as a visitor's program calls the Space."""
+    from gradio_client import Client, handle_file
+
     try:
-        leg.first_200_s = wait_for_200(url, server, START_TIMEOUT_S)
         client = Client(url, verbose=False)
-        for row in examples(stage_dir):
-            age = float(row["age"]) if row["age"] else None
-            job = client.submit(handle_file(str(stage_dir / "examples" / row["file"])), age, row["sex"] or None,
-                                row["site"] or None, api_name="/predict")
-            try:
-                answer = job.result(timeout=REQUEST_TIMEOUT_S)
-            except Exception as err:  # noqa: BLE001 - any failed call is a failed check, reported on one line
-                answer, problems = None, [f"/predict failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}"]
-            else:
-                problems = check_answer(answer, row, leg)
-            leg.answers[row["file"]] = answer
-            leg.failures += [f"{leg.name} {row['file']}: {p}" for p in problems]
-    except DeployError as err:
-        leg.failures.append(f"{leg.name}: {err}; see {work / leg.name / 'app.log'}")
-    finally:
-        stop(server)
-        log.close()
-        leg.hub_requests = len(hub.requests) - requests_before
+    except Exception as err:  # noqa: BLE001 - reported as the leg's failure, on one line
+        leg.failures.append(f"{leg.name}: gradio_client cannot connect to {url}: {type(err).__name__}: {err}")
+        return
+    for row in examples(stage_dir):
+        age = float(row["age"]) if row["age"] else None
+        job = client.submit(handle_file(str(stage_dir / "examples" / row["file"])), age, row["sex"] or None,
+                            row["site"] or None, api_name="/predict")
+        try:
+            answer = job.result(timeout=REQUEST_TIMEOUT_S)
+        except Exception as err:  # noqa: BLE001 - any failed call is a failed check, reported on one line
+            answer, problems = None, [f"/predict failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}"]
+        else:
+            problems = check_answer(answer, row, leg)
+        leg.answers[row["file"]] = answer
+        leg.failures += [f"{leg.name} {row['file']}: {p}" for p in problems]
 
 
 def same_answers(a: Leg, b: Leg) -> list[str]:
@@ -229,8 +217,7 @@ def same_answers(a: Leg, b: Leg) -> list[str]:
             {k: v for k, v in b.answers[name].items() if k not in ignore}]
 
 
-def rehearse(stage_dir: Path, model_folder: Path | None = None, work: Path | None = None,
-             replace: list[str] | None = None) -> dict[str, Any]:
+def rehearse(stage_dir: Path, model_folder: Path | None = None, work: Path | None = None) -> dict[str, Any]:
     """Build and serve the staged Space both ways; returns the report (its `failures` empty on success).
 
     `model_folder` is what the stand-in serves for the Hub leg (default: the stage's output/default, else
@@ -250,7 +237,7 @@ def rehearse(stage_dir: Path, model_folder: Path | None = None, work: Path | Non
     work.mkdir(parents=True, exist_ok=True)
     try:
         python = find_python(version)
-        venv_python, pip_s, venv_mb = build_venv(stage_dir, work, python, replace or [])
+        venv_python, pip_s, venv_mb = build_venv(stage_dir, work, python)
         with HubStandin(model_folder, repo_id) as hub:
             legs = ([Leg("bundled", None, BUNDLED, None)] if bundled.is_dir() else []) + \
                    [Leg("hub", f"{repo_id}@{hub.sha}", repo_id, hub.sha)]
@@ -264,9 +251,10 @@ def rehearse(stage_dir: Path, model_folder: Path | None = None, work: Path | Non
             shutil.rmtree(work, ignore_errors=True)
     return {
         "stage": str(stage_dir), "python_version": version, "python": python,
-        "requirements_replaced": replace or [], "venv_mb": round(venv_mb, 1), "pip_s": round(pip_s, 1),
+        "venv_mb": round(venv_mb, 1), "pip_s": round(pip_s, 1),
         "hub_model": {"repo_id": repo_id, "sha": hub.sha, "folder": str(model_folder)},
-        "legs": {leg.name: {"model": leg.model_env or BUNDLED, "first_200_s": leg.first_200_s and round(leg.first_200_s, 2),
+        "legs": {leg.name: {"model": leg.model_env or BUNDLED,
+                            "first_200_s": leg.first_200_s and round(leg.first_200_s, 2),
                             "hub_requests": leg.hub_requests, "answers": leg.answers, "failures": leg.failures}
                  for leg in legs},
         "failures": failures, "wall_s": round(time.perf_counter() - started, 1), "work": str(work) if keep else None,
