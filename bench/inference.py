@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,10 +30,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from inference import MelanomaModel, Predictor  # noqa: E402
-from inference.backbone import data_config  # noqa: E402
-from inference.image import open_image, prepare, to_tensor  # noqa: E402
+from inference import Predictor  # noqa: E402
+from inference.image import open_image, prepare, to_input  # noqa: E402
 from inference.metadata import META_DIM  # noqa: E402
+from train.backbone import data_config  # noqa: E402
+from train.model import EagerSession, MelanomaModel  # noqa: E402
 from train.onnx_export import export_onnx  # noqa: E402
 
 
@@ -59,49 +61,32 @@ def interleaved(fns: dict, runs: int, warmup: int = 3) -> dict[str, tuple[float,
 
 
 def steps_in_flow(predictor: Predictor, image: str, runs: int) -> dict[str, float]:
-    """Median ms per request of each step as the Predictor runs it (batch 1, `runs` requests): the steps'
-    functions are wrapped with a timer for the run, so this is the real flow, not a copy of it. Each step
-    follows a model run here, which may have pushed its code and data out of the caches (`after_sweep`)."""
-    import inference.image
-    import inference.predictor
-
+    """Median ms per request of each step as the Predictor runs it (batch 1, `runs` requests), through its
+    step-timer seam (`Predictor.timer`): the real flow, not a copy of it. Each step follows a model run
+    here, which may have pushed its code and data out of the caches (`after_sweep`)."""
     samples: dict[str, list[float]] = {}
 
-    def timed(name: str, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                samples.setdefault(name, []).append((time.perf_counter() - start) * 1000)
-        return wrapper
+    @contextmanager
+    def timer(name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            samples.setdefault(name, []).append((time.perf_counter() - start) * 1000)
 
-    modules = {inference.predictor: ("open_image", "probabilities"), inference.image: ("prepare", "to_tensor")}
-    names = {"open_image": "decode", "prepare": "resize + centre crop", "to_tensor": "normalise",
-             "probabilities": "calibration (softmax / T)"}
-    saved = {(m, a): getattr(m, a) for m, attrs in modules.items() for a in attrs}
+    predictor.timer = timer
     try:
-        for (module, attr), fn in saved.items():
-            setattr(module, attr, timed(names[attr], fn))
-        predictor.onnx.run = timed("model (onnxruntime session)", predictor.onnx.run)
-        if predictor.guard is not None:  # a frozen dataclass: set on the instance the way it sets its own fields
-            object.__setattr__(predictor.guard, "score", timed("guard distance", predictor.guard.score))
-        predictor._answer = timed("answer dict + triage", predictor._answer)
-        request = timed("whole request", lambda: predictor.predict(image, 50, "female", "torso"))
         for _ in range(5):
-            request()
+            predictor.predict(image, 50, "female", "torso")
         samples.clear()
         for _ in range(runs):
-            request()
+            with timer("whole request"):
+                predictor.predict(image, 50, "female", "torso")
     finally:
-        for (module, attr), fn in saved.items():
-            setattr(module, attr, fn)
-        if predictor.guard is not None:
-            object.__delattr__(predictor.guard, "score")
-        del predictor.onnx.run, predictor._answer
+        predictor.timer = None
     medians = {name: statistics.median(xs) for name, xs in samples.items()}
     steps = sum(ms for name, ms in medians.items() if name != "whole request")
-    medians["everything else (metadata, batching, copies)"] = medians["whole request"] - steps
+    medians["everything else (batching, copies)"] = medians["whole request"] - steps
     return medians
 
 
@@ -185,22 +170,22 @@ def main() -> None:
         model.save_pretrained(folder)
         export_onnx(model, folder)
         model_dir = folder
-    onnx = Predictor.from_pretrained(model_dir, backend="onnx")
-    args.backbone, args.size = onnx.model.backbone_name, onnx.model.image_size  # what was really timed
-    eager = Predictor.from_pretrained(model_dir, backend="torch")
+    onnx = Predictor.from_pretrained(model_dir, threads=args.threads)
+    args.backbone, args.size = onnx.config.backbone, onnx.config.image_size  # what was really timed
+    eager = EagerSession(MelanomaModel.from_pretrained(str(model_dir)))
     rows: dict[str, tuple[float, float]] = {}
     for batch in (1, 32):
         paths = [str(p) for p in images[:batch]]
-        pixels = torch.stack([onnx.image_tensor(p) for p in paths])
-        feeds = {"image": pixels.numpy(), "meta": np.zeros((batch, META_DIM), np.float32)}
+        pixels = np.stack([onnx.model_input(p) for p in paths])
+        meta = np.zeros((batch, META_DIM), np.float32)
+        feeds = {"image": pixels, "meta": meta}
         runs = args.runs if batch == 1 else max(5, args.runs // 5)
 
-        def eager_forward(pixels=pixels, batch=batch):
-            with torch.inference_mode():
-                eager.model(pixels, torch.zeros(batch, META_DIM))
+        def eager_forward(pixels=pixels, meta=meta):
+            eager.run(pixels, meta)
 
         def session(feeds=feeds):
-            onnx.onnx.session.run(["logits"], feeds)
+            onnx.session.session.run(["logits"], feeds)
 
         def predictor(paths=paths, batch=batch):
             onnx.predict_batch(paths, [50] * batch, ["female"] * batch, ["torso"] * batch, batch_size=batch)
@@ -211,15 +196,15 @@ def main() -> None:
         time.sleep(1)
         rows.update(interleaved({f"onnxruntime session, ready tensor, batch {batch}": session,
                                  f"Predictor (onnx): decode+transform+model, batch {batch}": predictor}, runs))
-    # Where the Predictor's extra time goes, per image (batch 1): the steps of `image_tensor`.
-    first, size, mean, std = str(images[0]), args.size, onnx.model.mean, onnx.model.std
+    # Where the Predictor's extra time goes, per image (batch 1): the steps of `model_input`.
+    first, size, mean, std = str(images[0]), args.size, onnx.config.mean, onnx.config.std
     opened = open_image(first)
     prepared = prepare(opened, size)
     rows["  of which: decode (open_image), 1 image"] = timings(lambda: open_image(first), args.runs)
     rows[f"  of which: resize + centre crop to {size} px, 1 image"] = timings(lambda: prepare(opened, size), args.runs)
-    rows["  of which: normalise to a tensor, 1 image"] = timings(lambda: to_tensor(prepared, mean, std), args.runs)
+    rows["  of which: normalise, 1 image"] = timings(lambda: to_input(prepared, mean, std), args.runs)
     steps = {"decode": lambda: open_image(first, min_side=size), "resize + centre crop": lambda: prepare(opened, size),
-             "normalise": lambda: to_tensor(prepared, mean, std)}
+             "normalise": lambda: to_input(prepared, mean, std)}
     swept = after_sweep(steps, args.runs * 4)
     flow = steps_in_flow(onnx, first, args.runs * 4)
     # A phone-sized upload (a real image enlarged to 4000×3000, 12 MP): open_image(min_side=size) has libjpeg

@@ -47,13 +47,13 @@ from accelerate.utils import gather_object  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from inference.backbone import data_config  # noqa: E402
-from inference.image import normalize, open_image, prepare  # noqa: E402
+from inference.image import open_image, prepare  # noqa: E402
 from inference.metadata import encode  # noqa: E402
 from train import augment  # noqa: E402
+from train.backbone import data_config  # noqa: E402
 from train.config import Config, make, resolve_config, with_backbone_defaults  # noqa: E402
 from train.data import LesionDataset, class_weights, collate, load_sources  # noqa: E402
-from train.epoch import Clock, model_input, train_one_epoch  # noqa: E402
+from train.epoch import Clock, batch_to_input, model_input, train_one_epoch  # noqa: E402
 from train.setup import build_model, param_groups  # noqa: E402
 
 
@@ -237,7 +237,7 @@ def pipeline(cfg: Config, size: int, n: int) -> dict[str, float]:
     batch = torch.from_numpy(np.stack(arrays[:cfg.batch_size]))
     start = time.perf_counter()
     for _ in range(8):
-        normalize(batch, dc["mean"], dc["std"])
+        batch_to_input(batch, dc["mean"], dc["std"])
     out["(in the loop, not a worker: normalise the uint8 batch to float, per image)"] = (
         8 * len(batch) / (time.perf_counter() - start))
     return out

@@ -1,23 +1,30 @@
-"""Grad-CAM of the melanoma logit: which parts of the image raised the melanoma score.
+"""Grad-CAM of the melanoma logit, in NumPy: which parts of the image raised the melanoma score.
 
-No module hooks: hooks live on the shared model, so two requests explaining at once would see each
-other's activations. Instead the backbone's feature map is computed once, detached, and made a leaf
-that requires grad; the head (pooling + metadata + linear) runs on it and `torch.autograd.grad` gives
-d(logit)/d(features) for this call only. Nothing on the model changes (no `.grad` is written), so one
-model can explain in many threads at once, and the backbone runs without building a graph.
+Why no autograd is needed (and the map is exact, not an approximation): the model's head is linear in
+the average-pooled feature map. With A (C, h, w) the backbone's last feature map and W the head's
+weight row for the target class, the logit is
+
+    logit = Σ_c W[c] · mean_ij A[c, i, j]  +  (metadata terms and bias, which do not depend on A)
+
+so d(logit)/dA[c, i, j] = W[c] / (h·w) for every position, Grad-CAM's channel weights (the gradient
+averaged over positions) are W[c] / (h·w), and the map relu(Σ_c W[c] / (h·w) · A[c]) is, once divided
+by its maximum, relu(Σ_c W[c] · A[c]) normalised. `train.onnx_export` refuses to export a head for which
+this does not hold (other pooling, a non-linear head), and a test in the training environment compares
+this map with torch autograd's Grad-CAM on real images.
+
+The feature map is the ONNX graph's `features` output, from the same single run as the logits.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .image import ImageInput, open_image, prepare, to_tensor
+from .image import ImageInput, open_image, prepare, to_input
 from .metadata import encode, normalize
-from .model import MelanomaModel
+from .onnx_backend import FEATURES
 
 # A small perceptual colour map (the "inferno" anchors: black → purple → red → orange → pale yellow),
 # interpolated linearly; matplotlib is not a Space dependency.
@@ -28,31 +35,15 @@ _ANCHORS = np.array(
 )
 
 
-def grad_cam(model: MelanomaModel, image: torch.Tensor, meta: torch.Tensor, target: int) -> torch.Tensor:
-    """Grad-CAM heat map of logit `target` for one image: float32 (H, W) in [0, 1], on the CPU.
-
-    `image` is a normalised (3, H, W) or (1, 3, H, W) tensor, `meta` the encoded metadata (META_DIM,)
-    or (1, META_DIM). Works even when the caller is inside `torch.inference_mode()` or `no_grad()`.
-    An all-zero map means no region raised the logit (every weighted activation was negative).
-    """
-    device = next(model.parameters()).device
-    image = image.reshape(1, *image.shape[-3:])
-    meta = meta.reshape(1, -1)
-    with torch.inference_mode(False), torch.enable_grad():
-        # Fresh copies: tensors made under inference_mode cannot take part in autograd.
-        x = image.detach().clone().to(device)
-        m = meta.detach().clone().to(device)
-        with torch.no_grad():
-            features = model.forward_features(x)
-        features = features.detach().clone().requires_grad_(True)
-        logit = model.forward_head(features, m)[0, target]
-        (grads,) = torch.autograd.grad(logit, features)
-        weights = grads.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1): importance of each channel
-        cam = torch.relu((weights * features).sum(dim=1, keepdim=True)).detach()  # (1, 1, h, w)
-    cam = F.interpolate(cam.float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
-    cam = torch.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0.0)
+def grad_cam(features: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    """Grad-CAM heat map from one image's feature map (C, h, w) and the target class's head weights over
+    those C features: float32 (size, size) in [0, 1]. Bilinear upsampling with pixel centres aligned
+    (torch's `align_corners=False`). An all-zero map means no region raised the logit."""
+    cam = np.maximum(np.tensordot(weights.astype(np.float32), features.astype(np.float32), axes=(0, 0)), 0.0)
+    cam = cv2.resize(cam, (size, size), interpolation=cv2.INTER_LINEAR)
+    cam = np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
     top = float(cam.max())
-    return (cam / top if top > 0 else torch.zeros_like(cam)).cpu()
+    return (cam / top if top > 0 else np.zeros_like(cam)).astype(np.float32)
 
 
 def colorize(heat: np.ndarray) -> np.ndarray:
@@ -82,15 +73,17 @@ def explain(predictor: Any, image: ImageInput, age: Any = None, sex: Any = None,
     D is `display_size` (the same crop, resampled: sharper than enlarging a small overlay) or else
     the model's input size. Raises ValueError / `ImageError` for bad input, like `Predictor.predict`.
     """
-    model = predictor.model
-    meta = encode(normalize(age, sex, site))
-    size = display_size or model.image_size
+    if predictor.head is None:
+        raise ValueError("This model was loaded without its head weights, so it cannot explain.")
+    c = predictor.config
+    meta = encode(normalize(age, sex, site))[None]
+    size = display_size or c.image_size
     # Decoded for the larger of the two sizes, so the overlay stays sharp; for a big JPEG the model's crop
     # then comes from a finer DCT scale than `predict` used: a few levels per pixel at most.
-    opened = open_image(image, min_side=max(size, model.image_size))
-    heat = grad_cam(model, to_tensor(prepare(opened, model.image_size), model.mean, model.std), meta,
-                    model.classes.index(target))
-    if size != model.image_size:
-        heat = F.interpolate(heat[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-    heat = heat.clamp(0.0, 1.0).numpy()
+    opened = open_image(image, min_side=max(size, c.image_size))
+    pixels = to_input(prepare(opened, c.image_size), c.mean, c.std)[None]
+    (features,) = predictor.session.run(pixels, meta, (FEATURES,))
+    weights = predictor.head[c.classes.index(target), :features.shape[1]]  # the image part of the head row
+    heat = grad_cam(features[0], weights, size)
     return overlay(prepare(opened, size), heat), heat
+

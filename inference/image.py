@@ -1,8 +1,9 @@
 """Opening images safely and the ONE eval transform used by the Predictor and training validation.
 
-`prepare` is split from `to_tensor` so training can put its random augmentation between the two and
+`prepare` is split from `to_input` so training can put its random augmentation between the two and
 still share every deterministic step (orientation, colour mode, resize, crop, normalisation) with the
-Space: train and serve cannot drift.
+Space: train and serve cannot drift. Training normalises whole uint8 batches on its device
+(`train.epoch.batch_to_input`) with the same `scale_shift` as `to_input`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import BinaryIO, Union
 import cv2
 import numpy as np
 import simplejpeg
-import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 ImageInput = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
@@ -154,36 +154,23 @@ def prepare(image: np.ndarray, size: int) -> np.ndarray:
     return array[top:top + size, left:left + size].copy()  # contiguous, and never the caller's own array
 
 
-def _scale_shift(mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (3,) arrays with pixel * scale - shift == (pixel / 255 - mean) / std: one formula for both paths."""
+def scale_shift(mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (3,) arrays with pixel * scale - shift == (pixel / 255 - mean) / std: one formula for serving
+    (`to_input`) and training (`train.epoch.batch_to_input`)."""
     scale = np.float32(1.0 / 255.0) / np.asarray(std, dtype=np.float32)
     return scale, np.asarray(mean, dtype=np.float32) * np.float32(255.0) * scale
 
 
-def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """uint8 (..., H, W, 3) → float32 (..., 3, H, W), normalised with the backbone's mean/std.
-
-    Images stay uint8 (a quarter of float32's bytes) through augmentation, collation and the copy to
-    the device; this is the last step, run on the batch where the model is. The result is a permuted
-    view of the HWC pixels, i.e. channels-last in memory, the layout the convolutions run fastest in.
-    """
-    scale, shift = (torch.from_numpy(a).to(images.device) for a in _scale_shift(mean, std))
-    return (images.float() * scale - shift).movedim(-1, -3)
-
-
-def to_tensor(array: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
-    """One prepared uint8 (H, W, 3) image → normalised float32 (3, H, W): `normalize`'s arithmetic in NumPy.
-
-    The Predictor's path: a few single-threaded vector ops beat waking torch's thread pool for one small
-    image on a busy Space (tests/test_recipe.py checks that both paths give the same numbers).
-    """
-    scale, shift = _scale_shift(mean, std)
+def to_input(array: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """One prepared uint8 (H, W, 3) image → the model's float32 (3, H, W) input, normalised with the
+    backbone's mean/std. A few single-threaded vector ops: cheap for one image on a busy Space."""
+    scale, shift = scale_shift(mean, std)
     chw = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
     chw *= scale[:, None, None]
     chw -= shift[:, None, None]
-    return torch.from_numpy(chw)
+    return chw
 
 
-def eval_transform(image: np.ndarray, size: int, mean: list[float], std: list[float]) -> torch.Tensor:
-    """The eval transform: open_image's pixels → normalised (3, size, size) tensor."""
-    return to_tensor(prepare(image, size), mean, std)
+def eval_transform(image: np.ndarray, size: int, mean: list[float], std: list[float]) -> np.ndarray:
+    """The eval transform: open_image's pixels → the model's (3, size, size) float32 input."""
+    return to_input(prepare(image, size), mean, std)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 SEXES: tuple[str, ...] = ("male", "female")
 # The ISIC 2020 `anatom_site_general_challenge` vocabulary, in a fixed order.
@@ -144,9 +144,9 @@ FEATURE_NAMES: tuple[str, ...] = (
 META_DIM = len(FEATURE_NAMES)
 
 
-def encode(meta: Metadata) -> torch.Tensor:
+def encode(meta: Metadata) -> np.ndarray:
     """Encode normalised metadata as a float32 vector of length META_DIM (see FEATURE_NAMES)."""
-    vec = torch.zeros(META_DIM, dtype=torch.float32)
+    vec = np.zeros(META_DIM, dtype=np.float32)
     if meta.age is None:
         vec[1] = 1.0
     else:

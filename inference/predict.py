@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="submission CSV to write")
     parser.add_argument("--tta", action="store_true", help="average the 8 flips/transposes (8x the compute)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     args = parser.parse_args(argv)
     try:
         table = load_table(args.csv, args.images)
-        predictor = Predictor.from_pretrained(args.model, device=args.device)
+        predictor = Predictor.from_pretrained(args.model, threads=args.threads)
         submission = score(predictor, table, args.tta, args.batch_size)
     except (InputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,123 +1,116 @@
-"""Predictor: load a trained model once, score images + metadata, return plain dicts.
+"""Predictor: load a trained model once, score images + metadata, return plain dicts. No torch.
 
-Thread-safe: the model is in eval mode, every call runs under `torch.inference_mode` and keeps its
-state on the stack, so one Predictor can serve a multi-threaded web app.
+The model runs as its exported ONNX graph in onnxruntime (`inference.onnx_backend`); config.json is read
+as JSON (`inference.model.ModelConfig`). Thread-safe: one session serves concurrent requests and every
+call keeps its state on the stack, so one Predictor can serve a multi-threaded web app.
 
 Each answer also says whether the image looks like the dermoscopic images the model was trained on
-(`inference.guard`) and where its melanoma probability falls on the validation scale (`inference.triage`).
-Both come from files beside the weights; a model without them runs, and says so in its answers.
+(`inference.guard`; its `ood_score` is the one thing this project calls a score) and where its
+melanoma probability falls on the validation scale (`inference.triage`). Both come from files beside
+the weights; a model without them runs, and says so in its answers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from . import metadata as md
-from .device import pick_device
 from .guard import UNAVAILABLE, Guard
 from .hub import resolve
-from .image import ImageInput, eval_transform, open_image
-from .model import MALIGNANT, MelanomaModel, probabilities
-from .onnx_backend import ONNX_NAME, OnnxLogits
-from .onnx_backend import available as onnx_available
+from .image import ImageInput, open_image, prepare, to_input
+from .layout import ONNX, WEIGHTS
+from .model import HEAD_WEIGHT, MALIGNANT, ModelConfig, probabilities
+from .onnx_backend import EMBEDDING, LOGITS, OnnxSession
 from .triage import load_operating_points, triage
 
+# A step timer: called with a step's name, returns the context manager that times it (bench/inference.py).
+StepTimer = Callable[[str], AbstractContextManager]
 
-def dihedral_views(images: torch.Tensor) -> torch.Tensor:
+
+def dihedral_views(images: np.ndarray) -> np.ndarray:
     """(B, C, H, W) → (8·B, C, H, W): the 8 flips/transposes of each image, view-major.
 
     Lesions have no canonical orientation, so averaging these views is free accuracy; stacking them
     lets test-time augmentation run as one batched forward instead of eight.
     """
     views = []
-    for base in (images, images.transpose(-1, -2)):
-        views += [base, base.flip(-1), base.flip(-2), base.flip(-1, -2)]
-    return torch.cat(views, dim=0)
+    for base in (images, images.swapaxes(-1, -2)):
+        views += [base, base[..., ::-1], base[..., ::-1, :], base[..., ::-1, ::-1]]
+    return np.ascontiguousarray(np.concatenate(views, axis=0))
 
 
 class Predictor:
-    """Scores dermoscopic images with patient metadata using a `MelanomaModel`."""
+    """Scores dermoscopic images with patient metadata using a model's ONNX graph."""
 
-    def __init__(self, model: MelanomaModel, model_id: str = "local", revision: str | None = None,
-                 device: str | None = None, onnx_path: str | Path | None = None, guard: Guard | None = None,
+    def __init__(self, config: ModelConfig, session: Any, head: np.ndarray | None = None, model_id: str = "local",
+                 revision: str | None = None, guard: Guard | None = None,
                  operating_points: dict | None = None) -> None:
-        """`onnx_path` (CPU only) makes onnxruntime compute the logits; the torch model stays loaded
-        for its config and for Grad-CAM explanations. `guard` / `operating_points`: see module doc."""
-        self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        """`session`: anything with `OnnxSession.run`'s signature (training's eager torch session too).
+        `head`: the head's weight matrix (n_classes, features + metadata), for Grad-CAM; None turns
+        explanations off. `guard` / `operating_points`: see module doc."""
+        self.config, self.session, self.head = config, session, head
         self.model_id, self.revision = model_id, revision
-        if onnx_path is not None and self.device.type != "cpu":
-            raise ValueError("The onnxruntime backend runs on the CPU; use backend='torch' on CUDA.")
-        self.onnx = OnnxLogits(onnx_path) if onnx_path is not None else None
         self.guard, self.operating_points = guard, operating_points
-
-    @property
-    def backend(self) -> str:
-        return "onnxruntime" if self.onnx is not None else "torch"
+        self.timer: StepTimer | None = None  # set to time each step of the flow (bench/inference.py)
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, revision: str | None = None, device: str | None = None,
-                        backend: str = "auto") -> "Predictor":
-        """Load from a local folder, a Hub repo id, or 'repo_id@revision' (offline: the HF cache).
-
-        backend: 'auto' (onnxruntime on CPU when the model has a model.onnx, else torch), 'onnx' or 'torch'.
-        """
-        if backend not in ("auto", "onnx", "torch"):
-            raise ValueError(f"backend must be 'auto', 'onnx' or 'torch', got {backend!r}.")
+    def from_pretrained(cls, source: str | Path, revision: str | None = None,
+                        threads: int | None = None) -> "Predictor":
+        """Load from a local folder, a Hub repo id, or 'repo_id@revision' (offline: the HF cache)."""
         resolved = resolve(source, revision)
-        model = MelanomaModel.from_pretrained(str(resolved.folder))
-        onnx_file = resolved.folder / ONNX_NAME
-        if backend == "onnx" and not onnx_file.is_file():
-            raise FileNotFoundError(f"{resolved.model_id} has no {ONNX_NAME}; use backend='torch' or export one.")
-        use_onnx = backend == "onnx" or (
-            backend == "auto" and onnx_file.is_file() and pick_device(device).type == "cpu" and onnx_available()
-        )
-        return cls(model, model_id=resolved.model_id, revision=resolved.revision, device=device,
-                   onnx_path=onnx_file if use_onnx else None, guard=Guard.load(resolved.folder),
-                   operating_points=load_operating_points(resolved.folder))
+        folder = resolved.folder
+        if not (folder / ONNX).is_file():
+            raise FileNotFoundError(f"{resolved.model_id} has no {ONNX}; export one: "
+                                    f"python -m train.onnx_export --model {folder}")
+        from safetensors import safe_open
+
+        with safe_open(str(folder / WEIGHTS), framework="numpy") as weights:
+            head = weights.get_tensor(HEAD_WEIGHT)
+        return cls(ModelConfig.load(folder), OnnxSession(folder / ONNX, threads=threads), head=head,
+                   model_id=resolved.model_id, revision=resolved.revision, guard=Guard.load(folder),
+                   operating_points=load_operating_points(folder))
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return self.model.classes
+        return self.config.classes
 
-    def image_tensor(self, image: ImageInput) -> torch.Tensor:
-        """Open + eval-transform one image into a (3, S, S) tensor. Raises `ImageError` on bad input."""
-        m = self.model
-        return eval_transform(open_image(image, min_side=m.image_size), m.image_size, m.mean, m.std)
+    def step(self, name: str) -> AbstractContextManager:
+        """The context a step of the flow runs in: nothing, unless `timer` is set."""
+        return self.timer(name) if self.timer is not None else nullcontext()
 
-    def probabilities(self, images: torch.Tensor, meta: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """Calibrated class probabilities (B, n_classes) for ready tensors, in one forward pass."""
-        return self.scores(images, meta, tta, embed=False)[0]
+    def model_input(self, image: ImageInput) -> np.ndarray:
+        """Open + eval-transform one image into the model's (3, S, S) float32 input. Raises `ImageError`."""
+        c = self.config
+        with self.step("decode"):
+            pixels = open_image(image, min_side=c.image_size)
+        with self.step("resize + centre crop"):
+            square = prepare(pixels, c.image_size)
+        with self.step("normalise"):
+            return to_input(square, c.mean, c.std)
 
-    @torch.inference_mode()
-    def scores(self, images: torch.Tensor, meta: torch.Tensor, tta: bool = False,
-               embed: bool = True) -> tuple[torch.Tensor, np.ndarray | None]:
-        """(probabilities (B, n_classes), pooled embeddings (B, D) of the untransformed views, or None).
+    def forward(self, images: np.ndarray, meta: np.ndarray, tta: bool = False,
+                outputs: Sequence[str] = (LOGITS, EMBEDDING)) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(calibrated probabilities (B, n_classes), the other `outputs` of the untransformed views).
 
-        The embedding comes out of the same forward pass (onnxruntime: the graph's `embedding`
-        output; torch: the head's input); only an ONNX file without that output costs a second
-        backbone pass, in torch."""
-        images, meta = images.to(self.device), meta.to(self.device)
+        One run of the graph: the guard's embedding (and Grad-CAM's feature map) come out of the same
+        forward pass as the logits. With `tta`, the probabilities average the 8 dihedral views."""
         batch = images.shape[0]
         if tta:
-            images, meta = dihedral_views(images), meta.repeat(8, 1)
-        if self.onnx is not None:
-            logits, embedding = self.onnx.run(images, meta, embedding=embed)
-            if embed and embedding is None:
-                embedding = self.model.head_and_embedding(self.model.forward_features(images[:batch]), meta[:batch])[1]
-        else:
-            logits, embedding = self.model.head_and_embedding(self.model.forward_features(images), meta)
-        probs = probabilities(logits.float().cpu().numpy(), self.model.temperature)
+            images, meta = dihedral_views(images), np.tile(meta, (8, 1))
+        with self.step("model"):
+            logits, *others = self.session.run(images, meta, (LOGITS, *(o for o in outputs if o != LOGITS)))
+        with self.step("calibration"):
+            probs = probabilities(logits, self.config.temperature)
+            probs = probs.reshape(-1, batch, probs.shape[-1]).mean(axis=0)
         # dihedral_views puts the untransformed images first: the guard was fitted on those.
-        pooled = embedding[:batch].float().cpu().numpy() if embed and embedding is not None else None
-        return torch.from_numpy(probs.reshape(-1, batch, probs.shape[-1]).mean(axis=0)), pooled
+        return probs, [o[:batch] for o in others]
 
-    def _answer(self, probs: torch.Tensor, ood: float | None, meta: md.Metadata, tta: bool) -> dict[str, Any]:
+    def _answer(self, probs: np.ndarray, ood: float | None, meta: md.Metadata, tta: bool) -> dict[str, Any]:
         values = dict(zip(self.classes, (float(p) for p in probs)))
         guarded = self.guard is not None
         in_distribution = bool(ood <= self.guard.threshold) if guarded else None
@@ -135,7 +128,7 @@ class Predictor:
             "tta": tta,
             "model_id": self.model_id,
             "model_revision": self.revision,
-            "backend": self.backend,
+            "backend": "onnxruntime",
         }
 
     def predict(self, image: ImageInput, age: Any = None, sex: Any = None, site: Any = None,
@@ -162,21 +155,23 @@ class Predictor:
         if any(len(col) != n for col in columns):
             raise ValueError("ages, sexes and sites must have one entry per image.")
         metas = []
-        for i, (age, sex, site) in enumerate(zip(*columns)):
-            try:
-                metas.append(md.normalize(age, sex, site))
-            except ValueError as err:
-                raise ValueError(f"item {i}: {err}") if n > 1 else err from None
+        with self.step("metadata"):
+            for i, (age, sex, site) in enumerate(zip(*columns)):
+                try:
+                    metas.append(md.normalize(age, sex, site))
+                except ValueError as err:
+                    raise ValueError(f"item {i}: {err}") if n > 1 else err from None
+            encoded = np.stack([md.encode(m) for m in metas]) if metas else np.zeros((0, md.META_DIM), np.float32)
         answers: list[dict[str, Any]] = []
         for start in range(0, n, batch_size):
             chunk = range(start, min(start + batch_size, n))
-            # Batches are assembled in NumPy: torch.stack wakes torch's thread pool for a plain copy,
-            # which costs milliseconds per request on a busy 2-core Space.
-            pixels = torch.from_numpy(np.stack([self.image_tensor(images[i]).numpy() for i in chunk]))
-            encoded = torch.from_numpy(np.stack([md.encode(metas[i]).numpy() for i in chunk]))
-            probs, embedding = self.scores(pixels, encoded, tta=tta, embed=self.guard is not None)
-            ood = self.guard.score(embedding).tolist() if self.guard is not None else [None] * len(chunk)
-            answers += [self._answer(p, o, metas[i], tta) for p, o, i in zip(probs, ood, chunk)]
+            pixels = np.stack([self.model_input(images[i]) for i in chunk])
+            outputs = (LOGITS, EMBEDDING) if self.guard is not None else (LOGITS,)
+            probs, others = self.forward(pixels, encoded[start:chunk.stop], tta=tta, outputs=outputs)
+            with self.step("guard"):
+                ood = self.guard.score(others[0]).tolist() if self.guard is not None else [None] * len(chunk)
+            with self.step("answer"):
+                answers += [self._answer(p, o, metas[i], tta) for p, o, i in zip(probs, ood, chunk)]
             if progress is not None:
                 progress(len(chunk))
         return answers

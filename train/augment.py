@@ -1,6 +1,6 @@
-"""Training augmentation, applied between `inference.image.prepare` and `inference.image.normalize`.
+"""Training augmentation, applied between `inference.image.prepare` and `train.epoch.batch_to_input`.
 
-`prepare` (orientation, RGB, resize + centre crop) and `normalize` are the eval transform the Space uses,
+`prepare` (orientation, RGB, resize + centre crop) and the normalisation are the eval transform the Space uses,
 so every deterministic step is shared and only the random part lives here. Every kind is a function
 `(uint8 (S, S, 3) array, numpy Generator) -> uint8 (S, S, 3) array`; the Dataset seeds the generator by
 (seed, epoch, row), so a sample is the same in any worker, process or resumed session. Kinds, cheapest

@@ -38,7 +38,7 @@ from .errors import ConfigError, DataError
 def encoded(frame: pd.DataFrame) -> np.ndarray:
     """(n, META_DIM) array of the model's metadata encoding of the frame's age, sex and site."""
     rows = [Metadata(age=a, sex=s, site=t) for a, s, t in zip(ages(frame), frame.sex, frame.site)]
-    return np.stack([encode(meta).numpy() for meta in rows])
+    return np.stack([encode(meta) for meta in rows])
 
 
 def classifier(seed: int) -> HistGradientBoostingClassifier:
@@ -147,7 +147,7 @@ def isic_full(csv: Path, n_folds: int = 5, seed: int = 42) -> dict:
     if missing:
         raise DataError(f"{csv} lacks column(s) {', '.join(missing)}.")
     metas = [normalize(a, s, t) for a, s, t in zip(df.age_approx, df.sex, df.anatom_site_general_challenge)]
-    x = np.stack([encode(meta).numpy() for meta in metas])
+    x = np.stack([encode(meta) for meta in metas])
     y = df.target.to_numpy().astype(int)
     oof = np.zeros(len(df))
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)

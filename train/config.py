@@ -270,7 +270,7 @@ def with_backbone_defaults(cfg: Config) -> Config:
     """Fill image_size from the backbone's pretraining config so the written config is complete."""
     if cfg.image_size is not None:
         return cfg
-    from inference.backbone import data_config
+    from .backbone import data_config
 
     try:
         size = data_config(cfg.backbone)["image_size"]

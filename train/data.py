@@ -226,7 +226,7 @@ class LesionDataset(Dataset):
     """Rows → {image, meta, label, index, ok} using the inference eval transform plus optional augmentation.
 
     `image` is the uint8 (S, S, 3) pixels: the loop normalises the batch on the device
-    (`inference.image.normalize`), so workers neither convert to float nor copy four times the bytes.
+    (`train.epoch.batch_to_input`), so workers neither convert to float nor copy four times the bytes.
 
     Augmentation and metadata dropout draw from a generator seeded by (seed, epoch, row), so a sample
     is the same whichever worker, process or resumed session produces it. An image that cannot be
@@ -265,7 +265,7 @@ class LesionDataset(Dataset):
             drop = rng.random(3) < self.meta_dropout
             meta = replace(meta, age=None if drop[0] else meta.age, sex=UNKNOWN if drop[1] else meta.sex,
                            site=UNKNOWN if drop[2] else meta.site)
-        sample.update(image=torch.from_numpy(np.ascontiguousarray(array)), meta=encode(meta))
+        sample.update(image=torch.from_numpy(np.ascontiguousarray(array)), meta=torch.from_numpy(encode(meta)))
         return sample
 
 

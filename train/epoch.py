@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from inference.image import normalize
+from inference.image import scale_shift
 
 from .config import Config
 from .ema import WeightAverage
@@ -34,11 +34,22 @@ class Clock:
         return self.limit is not None and time.monotonic() - self.start + margin >= self.limit
 
 
+def batch_to_input(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (..., H, W, 3) → float32 (..., 3, H, W): `inference.image.to_input`'s arithmetic on a whole batch.
+
+    Images stay uint8 (a quarter of float32's bytes) through augmentation, collation and the copy to
+    the device; this is the last step, run on the batch where the model is. The result is a permuted
+    view of the HWC pixels, i.e. channels-last in memory, the layout the convolutions run fastest in.
+    """
+    scale, shift = (torch.from_numpy(a).to(images.device) for a in scale_shift(mean, std))
+    return (images.float() * scale - shift).movedim(-1, -3)
+
+
 def model_input(accelerator: Accelerator, model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """The batch's uint8 pixels, normalised on the device with the model's own mean/std (the ones its
     config.json gives the Predictor), channels-last."""
     net = accelerator.unwrap_model(model)
-    return normalize(batch["image"], net.mean, net.std)
+    return batch_to_input(batch["image"], net.mean, net.std)
 
 
 @torch.no_grad()

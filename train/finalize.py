@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from inference.guard import GUARD_ARRAYS, GUARD_JSON
-from inference.model import CLASSES, MelanomaModel, probabilities
+from inference.model import CLASSES, probabilities
 from inference.triage import OPERATING_POINTS
 
 from . import metrics as M
@@ -26,6 +26,7 @@ from .card import model_card
 from .checkpoint import assert_finite, replace_dir
 from .config import Config, to_yaml
 from .fit_guard import fit_guard
+from .model import MelanomaModel
 from .onnx_export import export_onnx
 from .run_folder import RunData
 

@@ -6,8 +6,8 @@
 The guard statistics come from the model's training rows, the guard threshold and the triage
 lines from its validation rows (folds.csv: the fold the model was validated on), all scored by the
 model itself through `inference.Predictor`. Training can call `fit_guard(model_dir, train_rows,
-val_rows)` at the end of a run. The ONNX file gains an `embedding` output (the pooled features, a
-tensor the graph already computes), so the guard costs no second forward pass.
+val_rows)` at the end of a run. The guard reads the ONNX graph's `embedding` output (the pooled
+features, from the same run as the logits), so it costs no second forward pass.
 """
 
 from __future__ import annotations
@@ -15,66 +15,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from inference import Predictor
 from inference import metadata as md
 from inference.guard import Guard, features
-from inference.onnx_backend import EMBEDDING, ONNX_NAME, OnnxLogits
+from inference.onnx_backend import EMBEDDING, LOGITS
 from inference.triage import OPERATING_POINTS
 
 from .errors import DataError
 
 
-def add_embedding_output(onnx_path: Path) -> bool:
-    """Expose the pooled embedding (input of the head's concat, or of the head) as output `embedding`.
-
-    Only an Identity node and an output are added; the logits must stay bit-identical, which is
-    checked on random inputs before the file is replaced. Returns False if it was already there."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    model = onnx.load(str(onnx_path))
-    graph = model.graph
-    if any(o.name == EMBEDDING for o in graph.output):
-        return False
-    made_by = {out: node for node in graph.node for out in node.output}
-    pooled = made_by["logits"].input[0]
-    if made_by[pooled].op_type == "Concat":  # fused model: [pooled image, metadata MLP]
-        pooled = made_by[pooled].input[0]
-    graph.node.append(helper.make_node("Identity", [pooled], [EMBEDDING], name="guard_embedding"))
-    graph.output.append(helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["batch", None]))
-    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as tmp:
-        candidate = Path(tmp) / ONNX_NAME
-        onnx.save(model, str(candidate))
-        before, after = OnnxLogits(onnx_path, threads=1), OnnxLogits(candidate, threads=1)
-        size = before.session.get_inputs()[0].shape[-1]
-        torch.manual_seed(0)
-        images, meta = torch.randn(3, 3, size, size), torch.rand(3, md.META_DIM)
-        logits, embedding = after.run(images, meta)
-        if not torch.equal(before(images, meta), logits) or embedding is None:
-            raise RuntimeError(f"{onnx_path}: adding the embedding output changed the logits; file left as it was.")
-        candidate.replace(onnx_path)
-    return True
-
-
 def score_rows(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(pooled embeddings (N, D), melanoma probabilities (N,)) for rows with `path` (+ age/sex/site)."""
     meta = [md.encode(md.normalize(*(None if pd.isna(v) else v for v in (r.get("age"), r.get("sex"), r.get("site")))))
-            .numpy() for r in rows.to_dict("records")]
+            for r in rows.to_dict("records")]
     mel = predictor.classes.index("mel")
     embeddings, probs = [], []
     for start in range(0, len(rows), batch_size):
         paths = rows["path"].iloc[start:start + batch_size]
-        pixels = torch.from_numpy(np.stack([predictor.image_tensor(p).numpy() for p in paths]))
-        p, e = predictor.scores(pixels, torch.from_numpy(np.stack(meta[start:start + len(paths)])))
+        pixels = np.stack([predictor.model_input(p) for p in paths])
+        p, (e,) = predictor.forward(pixels, np.stack(meta[start:start + len(paths)]), outputs=(LOGITS, EMBEDDING))
         embeddings.append(e)
-        probs.append(p[:, mel].numpy())
+        probs.append(p[:, mel])
     return np.concatenate(embeddings), np.concatenate(probs)
 
 
@@ -120,8 +86,6 @@ def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
     train_rows: `path` (images the model was trained on). val_rows: `path`, `target` (1 = melanoma),
     optional age/sex/site. The threshold flags at most `max_flagged` of the validation images."""
     model_dir = Path(model_dir)
-    if (model_dir / ONNX_NAME).is_file():
-        add_embedding_output(model_dir / ONNX_NAME)
     predictor = Predictor.from_pretrained(model_dir)
     mean, precision = fit_statistics(score_rows(predictor, train_rows)[0])
     val_embeddings, val_probs = score_rows(predictor, val_rows)
@@ -167,7 +131,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evaluate", action="store_true", help="measure the guard after fitting (or as fitted)")
     parser.add_argument("--no_fit", action="store_true", help="with --evaluate: keep the fitted files")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         train_rows, val_rows = model_rows(args.model, args.isic_dirs, args.ham_dirs, args.fold)
         if not args.no_fit:

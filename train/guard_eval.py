@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from inference import Predictor
 from inference import metadata as md
+from inference.onnx_backend import EMBEDDING, LOGITS
 from inference.guard import GUARD_JSON
 
 SKIMAGE = ("astronaut", "brick", "camera", "chelsea", "cell", "checkerboard", "clock", "coffee", "coins",
@@ -110,11 +111,9 @@ def generated_images(seed: int = 0) -> dict[str, tuple[str, Image.Image]]:
 
 
 def guard_scores(predictor: Predictor, images: list) -> np.ndarray:
-    import torch
-
-    pixels = torch.from_numpy(np.stack([predictor.image_tensor(im).numpy() for im in images]))
-    meta = md.encode(md.normalize(None, None, None)).expand(len(images), -1)  # metadata does not reach the guard
-    return predictor.guard.score(predictor.scores(pixels, meta)[1])
+    pixels = np.stack([predictor.model_input(im) for im in images])
+    meta = np.tile(md.encode(md.normalize(None, None, None)), (len(images), 1))  # metadata does not reach the guard
+    return predictor.guard.score(predictor.forward(pixels, meta, outputs=(LOGITS, EMBEDDING))[1][0])
 
 
 def held_out_false_alarms(scores: np.ndarray, groups: pd.Series, max_flagged: float, seed: int = 0) -> float:

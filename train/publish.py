@@ -21,7 +21,7 @@ def check_folder(folder: Path) -> None:
     missing = [name for name in REQUIRED if not (folder / name).is_file()]
     if missing:
         raise PushError(f"Not pushing {folder}: missing {', '.join(missing)}.")
-    from inference.model import MelanomaModel
+    from .model import MelanomaModel
 
     from .checkpoint import assert_finite
 

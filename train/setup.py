@@ -18,14 +18,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from inference.backbone import data_config, load_backbone_weights
-from inference.model import MelanomaModel
 
 from . import augment
+from .backbone import data_config, load_backbone_weights
 from .config import Config
 from .data import BalancedSampler, LesionDataset, class_weights, collate
 from .ema import WeightAverage
 from .errors import ConfigError, DataError
+from .model import MelanomaModel
 
 
 @dataclass
@@ -55,7 +55,7 @@ def build_model(cfg: Config, pretrained: bool) -> MelanomaModel:
                           meta_hidden=cfg.meta_hidden if cfg.metadata_mode == "fused" else 0, dropout=cfg.dropout)
     if pretrained and cfg.backbone_weights != "none":
         load_backbone_weights(model.backbone, cfg.backbone, cfg.backbone_weights)
-    # channels-last: the layout `inference.image.normalize` gives the batch, and the faster one for the
+    # channels-last: the layout `train.epoch.batch_to_input` gives the batch, and the faster one for the
     # convolutions here (bench/training.py's bare forward/backward row, README "Speed")
     return model.to(memory_format=torch.channels_last)
 
