@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from deploy.hub_standin import HubStandin, folder_sha
+from deploy.rehearse import ANSWER_KEYS, OUT_OF_SCOPE_DX, Leg, check_answer
 from deploy.stage import DeployError, front_matter, front_matter_models, front_matter_value, parse_model, stage
 from inference.layout import SERVED_FILES
 
@@ -259,6 +260,27 @@ def test_the_app_resolves_a_pinned_hub_model_through_the_standin(tmp_path):
 
 # --- the rehearsal ------------------------------------------------------------------------------------------------
 
+def test_rehearsal_checks_catch_wrong_answers():
+    """check_answer against one good answer and the ways an answer can be wrong."""
+    leg = Leg("hub", MODEL, "org/melanoma", SHA)
+    cat, lesion = {"dx": OUT_OF_SCOPE_DX}, {"dx": "mel"}
+    good = {key: None for key in ANSWER_KEYS} | {
+        "melanoma_probability": 0.2, "malignant_probability": 0.3, "diagnosis": {"nv": 0.7, "mel": 0.2, "bcc": 0.1},
+        "in_distribution": True, "model_id": "org/melanoma", "model_revision": SHA}
+    assert check_answer(good, lesion, leg) == []
+    wrong = {
+        "refused": (good | {"in_distribution": False}, lesion),
+        "accepted cat": (good, cat),
+        "no guard": (good | {"in_distribution": None}, lesion),
+        "out of range": (good | {"melanoma_probability": 1.2}, lesion),
+        "sum": (good | {"diagnosis": {"nv": 0.7, "mel": 0.2}}, lesion),
+        "revision": (good | {"model_revision": "main"}, lesion),
+        "keys": ({k: v for k, v in good.items() if k != "triage"} | {"score": 1}, lesion),
+    }
+    for name, (answer, row) in wrong.items():
+        assert len(check_answer(answer, row, leg)) == 1, name
+
+
 @pytest.mark.space
 def test_rehearsal_builds_and_serves_the_staged_space_bundled_and_from_the_hub(tmp_path):
     """The whole Space build both ways, and the answers equal the checkout's Predictor on the same examples."""
@@ -284,6 +306,6 @@ def test_rehearsal_builds_and_serves_the_staged_space_bundled_and_from_the_hub(t
                                  row["sex"] or None, row["site"] or None)
         for leg in report["legs"].values():
             answer = leg["answers"][row["file"]]
-            assert answer["in_distribution"] == here["in_distribution"] == (row["dx"] != "not a lesion")
+            assert answer["in_distribution"] == here["in_distribution"] == (row["dx"] != OUT_OF_SCOPE_DX)
             assert answer["melanoma_probability"] == pytest.approx(here["melanoma_probability"], abs=1e-6)
             assert answer["diagnosis"] == pytest.approx(here["diagnosis"], abs=1e-6)
