@@ -105,7 +105,10 @@ def app_env(port: int, work: Path, leg: Leg, hub_endpoint: str, venv_python: Pat
     env.update(PATH=f"{venv_python.parent}{os.pathsep}{env.get('PATH', '')}", GRADIO_SERVER_NAME=LOOPBACK,
                GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
                GRADIO_TEMP_DIR=str(work / leg.name / "gradio"), HF_HOME=str(work / leg.name / "hf_home"),
-               HF_ENDPOINT=hub_endpoint, HF_HUB_DISABLE_TELEMETRY="1")
+               HF_ENDPOINT=hub_endpoint, HF_HUB_DISABLE_TELEMETRY="1",
+               # bytecode is written (the second leg starts as a restarted Space would) but outside the
+               # stage, which must stay exactly what `deploy space` uploads
+               PYTHONPYCACHEPREFIX=str(work / "pycache"))
     if leg.model_env:
         env["MELANOMA_MODEL"] = leg.model_env
     return env
@@ -233,6 +236,8 @@ def rehearse(stage_dir: Path, model_folder: Path | None = None, work: Path | Non
     model_folder = Path(model_folder or (bundled if bundled.is_dir() else REPO / BUNDLED)).resolve()
     repo_id = (front_matter_models(matter) or [STANDIN_REPO])[0]
     keep = work is not None
+    if keep and Path(work).exists() and any(Path(work).iterdir()):
+        raise DeployError(f"--work {work} is not empty: pass a new folder (the venv must be fresh)")
     work = Path(work or tempfile.mkdtemp(prefix="space-rehearsal-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:

@@ -7,7 +7,7 @@ what a real run sends. Authentication problems become one line saying how to fix
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ class Deployed:
     url: str
     commit: str
     commit_url: str
-    calls: list[str] = field(default_factory=list)
 
 
 def project_commit(repo: Path = REPO) -> str | None:
@@ -86,13 +85,12 @@ def run(api: Any, calls: list[Call]) -> Deployed:
     repo_id = calls[0].kwargs["repo_id"]
     if not (api.token or get_token()):  # HF_TOKEN or the token saved by `hf auth login`
         raise AuthError(f"no Hugging Face token found: {TOKEN_HINT}")
-    url, info, made = "", None, []
+    url, info = "", None
     try:
         for call in calls:
             if call.only_if_set and MODEL_VARIABLE not in api.get_space_variables(repo_id):
                 continue
             result = getattr(api, call.method)(**call.kwargs)
-            made.append(str(call))
             if call.method == "create_repo":
                 url = str(result)
             elif call.method == "upload_folder":
@@ -104,8 +102,10 @@ def run(api: Any, calls: list[Call]) -> Deployed:
                             f"{TOKEN_HINT}; for an organisation's Space the token needs write access to it") from None
         reason = " ".join(str(err).split())[:300]
         raise DeployError(f"{call.method} failed for spaces/{repo_id}: {reason}") from None
+    except ValueError as err:  # huggingface_hub's own checks, e.g. the Hub finding the README's YAML invalid
+        raise DeployError(f"{call.method} failed for spaces/{repo_id}: {' '.join(str(err).split())[:300]}") from None
     except TransportError as err:
         raise DeployError(f"{call.method}: cannot reach {api.endpoint} ({type(err).__name__}: {err}); check the "
                           "network or HF_ENDPOINT") from None
-    return Deployed(url=url, commit=info.oid, commit_url=info.commit_url, calls=made)
+    return Deployed(url=url, commit=info.oid, commit_url=info.commit_url)
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from inference.layout import SERVED_FILES  # standard library only: the model files serving reads
 
 REPO = Path(__file__).resolve().parents[1]
+BUNDLED = "output/default"  # app.py's DEFAULT_MODEL: served when $MELANOMA_MODEL is unset
 CODE = ("app.py", "requirements.txt")
 FOLDERS = ("inference", "examples")
-BUNDLED = "output/default"  # app.py's DEFAULT_MODEL: served when $MELANOMA_MODEL is unset
+STAGED_NAMES = {*CODE, *FOLDERS, "README.md", BUNDLED.split("/")[0]}  # what a staged folder holds at its top
 SHA = re.compile(r"[0-9a-f]{40}")
 
 
@@ -91,6 +92,18 @@ Programs call it with `gradio_client` (`api_name="/predict"`). {project}
     return "\n".join(["---", *lines, "---", "", body])
 
 
+def check_emptiable(dest: Path) -> None:
+    """Staging empties `dest` first: refuse anything but a new or empty folder or an earlier stage."""
+    dest = Path(dest).resolve()
+    if REPO.resolve().is_relative_to(dest):
+        raise DeployError(f"--stage {dest} holds this checkout; pass a new folder, e.g. /tmp/space")
+    if dest.is_dir() and not {p.name for p in dest.iterdir()} <= STAGED_NAMES:
+        raise DeployError(f"--stage {dest} is neither empty nor an earlier stage (staging empties it); "
+                          "pass a new folder, e.g. /tmp/space")
+    if dest.exists() and not dest.is_dir():
+        raise DeployError(f"--stage {dest} is a file; pass a new folder, e.g. /tmp/space")
+
+
 def stage(dest: Path, model_repo: str | None, bundled: bool, project_url: str | None = None,
           repo: Path = REPO) -> list[str]:
     """Fill `dest` (emptied first) with what the Space needs; returns the staged files, relative, sorted.
@@ -100,6 +113,7 @@ def stage(dest: Path, model_repo: str | None, bundled: bool, project_url: str | 
     if bundled == bool(model_repo):
         raise DeployError("pass exactly one of --model ORG/MODEL@SHA (a Hub model) or --bundled (output/default)")
     dest = Path(dest)
+    check_emptiable(dest)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)

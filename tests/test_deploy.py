@@ -70,10 +70,16 @@ def test_hub_model_stage_has_no_model_and_links_the_model_in_the_front_matter(tm
     assert "https://example.org/melanoma" in (tmp_path / "b/README.md").read_text()
 
 
-def test_restaging_empties_the_folder_first(tmp_path):
+def test_restaging_empties_an_earlier_stage_and_refuses_any_other_folder(tmp_path):
     stage(tmp_path / "s", None, bundled=True)
     stage(tmp_path / "s", "org/melanoma", bundled=False)
     assert not (tmp_path / "s/output").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/notes.txt").write_text("keep me")
+    for dest in (tmp_path / "other", REPO, REPO.parent):
+        with pytest.raises(DeployError, match="pass a new folder"):
+            stage(dest, None, bundled=True)
+    assert (tmp_path / "other/notes.txt").read_text() == "keep me" and (REPO / "app.py").is_file()
 
 
 @pytest.mark.parametrize("model", ["org/melanoma", "org/melanoma@main", "org/melanoma@0123abc", "melanoma@" + SHA])
@@ -286,8 +292,10 @@ def test_rehearsal_builds_and_serves_the_staged_space_bundled_and_from_the_hub(t
     """The whole Space build both ways, and the answers equal the checkout's Predictor on the same examples."""
     folder, report_path = tmp_path / "stage", tmp_path / "report.json"
     assert deploy_cli("space", "--repo", "org/space", "--bundled", "--dry-run", "--stage", str(folder)).returncode == 0
+    staged = sorted(p.relative_to(folder) for p in folder.rglob("*"))
     run = deploy_cli("space", "rehearse", "--stage", str(folder), "--report", str(report_path), timeout=1500)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == staged  # still what would be uploaded
     report = json.loads(report_path.read_text())
     assert report["failures"] == [] and set(report["legs"]) == {"bundled", "hub"}
     hub = report["legs"]["hub"]
