@@ -14,6 +14,7 @@ A JSON report holds the answers, the venv's size, pip's seconds and each leg's s
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import math
@@ -43,6 +44,7 @@ PIP_TIMEOUT_S = 1200
 START_TIMEOUT_S = 240  # `python app.py` → first HTTP 200 (imports gradio and loads the model on a busy CPU)
 REQUEST_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 15
+LOG_TAIL_LINES = 20
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Leg:
     failures: list[str] = field(default_factory=list)
     first_200_s: float | None = None
     hub_requests: int | None = None
+    log_tail: list[str] = field(default_factory=list)  # the app's last output lines, kept when the leg failed
 
 
 def find_python(version: str) -> str:
@@ -133,7 +136,8 @@ def wait_for_200(url: str, server: subprocess.Popen, timeout: float) -> float:
 def stop(server: subprocess.Popen) -> None:
     """End the app and anything it started (its own process group)."""
     if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may exit between the poll and the signal
+            os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -182,10 +186,12 @@ def run_leg(leg: Leg, stage_dir: Path, work: Path, venv_python: Path, hub: HubSt
             leg.first_200_s = wait_for_200(url, server, START_TIMEOUT_S)
             call_examples(leg, url, stage_dir)
         except DeployError as err:
-            leg.failures.append(f"{leg.name}: {err}; see {work / leg.name / 'app.log'}")
+            leg.failures.append(f"{leg.name}: {err}")
         finally:
             stop(server)
             leg.hub_requests = len(hub.requests) - requests_before
+    if leg.failures:  # the work folder may be removed: the report carries the end of the app's output
+        leg.log_tail = (work / leg.name / "app.log").read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
 
 
 def call_examples(leg: Leg, url: str, stage_dir: Path) -> None:
@@ -260,7 +266,8 @@ def rehearse(stage_dir: Path, model_folder: Path | None = None, work: Path | Non
         "hub_model": {"repo_id": repo_id, "sha": hub.sha, "folder": str(model_folder)},
         "legs": {leg.name: {"model": leg.model_env or BUNDLED,
                             "first_200_s": leg.first_200_s and round(leg.first_200_s, 2),
-                            "hub_requests": leg.hub_requests, "answers": leg.answers, "failures": leg.failures}
+                            "hub_requests": leg.hub_requests, "answers": leg.answers, "failures": leg.failures,
+                            "app_log_tail": leg.log_tail}
                  for leg in legs},
         "failures": failures, "wall_s": round(time.perf_counter() - started, 1), "work": str(work) if keep else None,
     }

@@ -12,13 +12,14 @@ import re
 import subprocess
 import sys
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from deploy.hub_standin import HubStandin, folder_sha
-from deploy.rehearse import ANSWER_KEYS, OUT_OF_SCOPE_DX, Leg, check_answer
+from deploy.rehearse import ANSWER_KEYS, OUT_OF_SCOPE_DX, Leg, check_answer, run_leg
 from deploy.stage import DeployError, front_matter, front_matter_models, front_matter_value, parse_model, stage
 from inference.layout import SERVED_FILES
 
@@ -264,7 +265,36 @@ def test_the_app_resolves_a_pinned_hub_model_through_the_standin(tmp_path):
     assert hub.sha == folder_sha(hub.files) and re.fullmatch(r"[0-9a-f]{40}", hub.sha)
 
 
+def test_standin_answers_model_info_and_resumed_downloads_and_names_missing_files(tmp_path):
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    folder = REPO / "output/default"
+    with HubStandin(folder, "org/melanoma") as hub:
+        info = HfApi(endpoint=hub.endpoint).model_info("org/melanoma", revision=hub.sha)
+        assert info.sha == hub.sha and {s.rfilename for s in info.siblings} == set(hub.files)
+        request = urllib.request.Request(f"{hub.endpoint}/org/melanoma/resolve/{hub.sha}/config.json",
+                                         headers={"Range": "bytes=10-"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 206 and response.read() == (folder / "config.json").read_bytes()[10:]
+        with pytest.raises(RemoteEntryNotFoundError):
+            hf_hub_download("org/melanoma", "no_such_file.json", revision=hub.sha, endpoint=hub.endpoint,
+                            cache_dir=tmp_path)
+
+
 # --- the rehearsal ------------------------------------------------------------------------------------------------
+
+def test_a_leg_whose_app_dies_fails_with_the_apps_last_output(tmp_path):
+    """run_leg on a stand-in app.py that exits at once (the interpreter running the tests as the venv's)."""
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / "app.py").write_text("import sys\nprint('cannot load a model')\nsys.exit(1)\n")
+    leg = Leg("bundled", None, "output/default", None)
+    with HubStandin(REPO / "output/default", "org/melanoma") as hub:
+        run_leg(leg, folder, tmp_path / "work", Path(sys.executable), hub)
+    assert leg.failures == ["bundled: python app.py exited with code 1 before answering"]
+    assert leg.log_tail == ["cannot load a model"] and leg.answers == {} and leg.first_200_s is None
+
 
 def test_rehearsal_checks_catch_wrong_answers():
     """check_answer against one good answer and the ways an answer can be wrong."""
