@@ -45,6 +45,15 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+def test_the_deploy_command_loads_neither_torch_nor_train_nor_the_app():
+    """It runs from the Space's own environment (no torch) and imports gradio_client only to rehearse."""
+    code = ("import sys, deploy.__main__\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'train', 'gradio', 'gradio_client', 'onnxruntime', 'app'}))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
 # --- staging -------------------------------------------------------------------------------------------------
 
 def test_bundled_stage_holds_the_app_inference_examples_and_the_served_model_files_only(tmp_path):
