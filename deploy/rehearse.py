@@ -217,13 +217,22 @@ def call_examples(leg: Leg, url: str, stage_dir: Path) -> None:
         leg.failures += [f"{leg.name} {row['file']}: {p}" for p in problems]
 
 
+def close(a: Any, b: Any, tol: float = 1e-6) -> bool:
+    """a equals b, numbers within `tol` (two processes may sum in another order), dicts key by key."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(close(a[k], b[k], tol) for k in a)
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, abs_tol=tol)
+    return a == b
+
+
 def same_answers(a: Leg, b: Leg) -> list[str]:
     """Differences between two legs' answers beyond the model's name (they served the same files)."""
     ignore = {"model_id", "model_revision"}
     return [f"{b.name} {name}: answer differs from {a.name}" for name, answer in a.answers.items()
             if isinstance(answer, dict) and isinstance(b.answers.get(name), dict)
-            and {k: v for k, v in answer.items() if k not in ignore} !=
-            {k: v for k, v in b.answers[name].items() if k not in ignore}]
+            and not close({k: v for k, v in answer.items() if k not in ignore},
+                          {k: v for k, v in b.answers[name].items() if k not in ignore})]
 
 
 def rehearse(stage_dir: Path, model_folder: Path | None = None, work: Path | None = None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from deploy.hub_standin import HubStandin, folder_sha
-from deploy.rehearse import ANSWER_KEYS, OUT_OF_SCOPE_DX, Leg, check_answer, run_leg
+from deploy.rehearse import ANSWER_KEYS, OUT_OF_SCOPE_DX, Leg, check_answer, run_leg, same_answers
 from deploy.stage import DeployError, front_matter, front_matter_models, front_matter_value, parse_model, stage
 from inference.layout import SERVED_FILES
 
@@ -303,6 +303,17 @@ def test_a_leg_whose_app_dies_fails_with_the_apps_last_output(tmp_path):
         run_leg(leg, folder, tmp_path / "work", Path(sys.executable), hub)
     assert leg.failures == ["bundled: python app.py exited with code 1 before answering"]
     assert leg.log_tail == ["cannot load a model"] and leg.answers == {} and leg.first_200_s is None
+
+
+def test_legs_compare_equal_up_to_float_noise_only():
+    answer = {"diagnosis": {"nv": 0.7, "mel": 0.3}, "in_distribution": True, "model_id": "output/default"}
+    bundled, hub = Leg("bundled", None, "output/default", None), Leg("hub", MODEL, "org/melanoma", SHA)
+    bundled.answers = {"a.jpg": answer, "b.jpg": answer, "c.jpg": answer}
+    hub.answers = {"a.jpg": answer | {"model_id": "org/melanoma", "diagnosis": {"nv": 0.7 + 1e-9, "mel": 0.3}},
+                   "b.jpg": answer | {"diagnosis": {"nv": 0.71, "mel": 0.29}},
+                   "c.jpg": answer | {"diagnosis": {"mel": 0.3, "nv": 0.7}}}  # the order is part of the answer
+    assert same_answers(bundled, hub) == ["hub b.jpg: answer differs from bundled",
+                                          "hub c.jpg: answer differs from bundled"]
 
 
 def test_rehearsal_checks_catch_wrong_answers():
