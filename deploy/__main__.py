@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -61,18 +62,22 @@ def space(args: argparse.Namespace) -> int:
         raise DeployError("pass --model ORG/MODEL@SHA (a Hub model, pinned) or --bundled (output/default)")
     model_repo = parse_model(args.model)[0] if args.model else None
     folder = args.stage or Path(tempfile.mkdtemp(prefix="space-stage-"))
-    files = stage(folder, model_repo, args.bundled, args.project_url)
-    calls = plan(args.repo, folder.resolve(), args.model, args.private)
-    print(f"staged {len(files)} files in {folder}")
-    if args.dry_run:
-        print("dry run, these calls are not made:")
-        print("\n".join(f"  {c}" for c in calls))
-        return 0
-    from huggingface_hub import HfApi
+    try:
+        files = stage(folder, model_repo, args.bundled, args.project_url)
+        calls = plan(args.repo, folder.resolve(), args.model, args.private)
+        print(f"staged {len(files)} files in {folder}")
+        if args.dry_run:
+            print("dry run, these calls are not made:")
+            print("\n".join(f"  {c}" for c in calls))
+            return 0
+        from huggingface_hub import HfApi
 
-    deployed = run(HfApi(), calls)
-    print(f"Space: {deployed.url}\ncommit: {deployed.commit} ({deployed.commit_url})")
-    return 0
+        deployed = run(HfApi(), calls)
+        print(f"Space: {deployed.url}\ncommit: {deployed.commit} ({deployed.commit_url})")
+        return 0
+    finally:
+        if args.stage is None and not args.dry_run:  # a temporary stage is only kept to be looked at
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def rehearse_command(args: argparse.Namespace) -> int:

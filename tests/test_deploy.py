@@ -228,8 +228,11 @@ def test_deploy_uploads_exactly_the_stage_sets_the_pinned_model_and_prints_url_a
         assert f"Space: {hub.endpoint}/spaces/org/space" in run.stdout and f"commit: {1:040x}" in run.stdout
 
         # back to the bundled model: the variable would override it, so it is removed
-        run = deploy_cli("space", "--repo", "org/space", "--bundled", env=hub_env(hub, tmp_path, "hf_write"))
+        (tmp_path / "tmp").mkdir()
+        run = deploy_cli("space", "--repo", "org/space", "--bundled", env=hub_env(hub, tmp_path, "hf_write")
+                         | {"TMPDIR": str(tmp_path / "tmp")})
         assert run.returncode == 0, run.stderr
+        assert f"in {tmp_path / 'tmp'}/space-stage-" in run.stdout and not any((tmp_path / "tmp").iterdir())
         assert hub.variables == {} and "output/default/model.onnx" in hub.remote_files
 
 
