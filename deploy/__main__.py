@@ -41,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--bundled", action="store_true", help="serve output/default, uploaded with the Space")
     space.add_argument("--private", action="store_true", help="create the Space private")
     space.add_argument("--dry-run", action="store_true", help="print the HfApi calls instead of making them")
-    space.add_argument("--stage", type=Path, metavar="DIR", help="stage into this folder (emptied first; default: a temporary one)")
+    space.add_argument("--stage", type=Path, metavar="DIR",
+                       help="stage into this folder (emptied first; default: a temporary one)")
     space.add_argument("--project-url", help="the project's home page, linked from the Space's README")
     actions = space.add_subparsers(dest="action")
     rehearsal = actions.add_parser("rehearse", help="build and serve a staged Space as the Hub's builder would")
@@ -50,8 +51,10 @@ def parser() -> argparse.ArgumentParser:
     rehearsal.add_argument("--model-folder", type=Path, metavar="DIR",
                            help="model folder the Hub stand-in serves (default: the stage's output/default, "
                                 "else this checkout's)")
-    rehearsal.add_argument("--report", type=Path, metavar="FILE", help="write the JSON report here (default: stdout only)")
-    rehearsal.add_argument("--work", type=Path, metavar="DIR", help="keep the venv and the app logs here (default: removed)")
+    rehearsal.add_argument("--report", type=Path, metavar="FILE",
+                           help="write the JSON report here (default: stdout only)")
+    rehearsal.add_argument("--work", type=Path, metavar="DIR",
+                           help="keep the venv and the app logs here (default: removed)")
     return top
 
 
