@@ -79,15 +79,16 @@ def find_python(version: str) -> str:
                       f"`pyenv install {version}`, or put python{version} on PATH")
 
 
-def build_venv(stage_dir: Path, work: Path, python: str) -> tuple[Path, float, float]:
-    """(venv python, pip seconds, venv MB): a fresh venv with the staged requirements installed."""
+def build_venv(stage_dir: Path, work: Path, python: str, no_cache: bool = False) -> tuple[Path, float, float]:
+    """(venv python, pip seconds, venv MB): a fresh venv with the staged requirements installed; `no_cache`
+    keeps pip's cache out (a cold download, as the Space builder has)."""
     venv = work / "venv"
     subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     start = time.perf_counter()
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                          "-r", "requirements.txt"], cwd=stage_dir, env=env, capture_output=True, text=True,
-                         timeout=PIP_TIMEOUT_S)
+                          "-r", "requirements.txt", *(["--no-cache-dir"] if no_cache else [])], cwd=stage_dir,
+                         env=env, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     seconds = time.perf_counter() - start
     if pip.returncode != 0:
         raise DeployError(f"pip install -r requirements.txt failed in the fresh venv: {pip.stderr.strip()[-600:]}")

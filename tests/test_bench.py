@@ -1,7 +1,7 @@
 """The bench scripts run end to end on the real data, and their summary ratios follow from their own rows.
 
 Tiny sizes: the speeds themselves mean something only on an idle machine (`python bench/training.py`,
-`python bench/inference.py`; README "Speed"). What can break, and is checked here, is the arithmetic
+`python bench/inference.py`, `python bench/space.py`; README "Speed" and "Run the app"). What can break, and is checked here, is the arithmetic
 between the table the scripts print and the ratios README quotes, and the rows the README names.
 """
 
@@ -93,3 +93,15 @@ def test_inference_bench_ratios_follow_from_its_rows(data_dir, tmp_path):
         app = row(f"app via {client}, batch 1", out)
         assert number(rf"app via {re.escape(client)} - Predictor = \+?(-?[\d.]+) ms", out) == pytest.approx(
             app - predictor, abs=0.06)
+
+
+def test_space_bench_builds_the_staged_space_without_torch(tmp_path):
+    out = run("bench/space.py", "--rounds", "1", "--json", str(tmp_path / "space.json"))
+    figures = json.loads((tmp_path / "space.json").read_text())
+    assert figures["torch_modules_after_import_app"] == [] and "| [] | [] |" in out
+    for name, key in (("venv size, MB", "venv_mb"), ("server RSS after one /predict, MB", "rss_after_request_mb"),
+                      ("cold start − import gradio, s", "cold_start_over_import_gradio_s")):
+        assert row(name, out) == pytest.approx(figures[key], abs=0.051), name
+    assert figures["cold_start_over_import_gradio_s"] == pytest.approx(
+        figures["cold_start_s"] - figures["import_gradio_s"], abs=1e-9)
+    assert 0 < figures["venv_mb"] < 2000 and 0 < figures["rss_after_request_mb"] < 2000

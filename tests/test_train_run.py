@@ -104,6 +104,10 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
         assert text in card.text, text
     assert "Traceback" not in done.stderr
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
+    # the class × source table, and the warning for a class only one source supplies (ISIC 2020's unknowns)
+    assert "class × source:" in done.stdout and "ham10000" in done.stdout
+    assert "warning: class 'benign_unspecified' comes from one source only (isic2020)" in done.stdout
+    assert "warning: class 'nv'" not in done.stdout and "warning: class 'mel'" not in done.stdout
 
 
 def _kill_after_first_epoch(args: list[str], out: Path) -> None:

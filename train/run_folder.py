@@ -46,8 +46,22 @@ def load_run_data(cfg: Config) -> RunData:
                             "melanoma AUC is undefined. Use fewer folds or more data.")
     per_source = ", ".join(f"{s}: {n}" for s, n in frame.source.value_counts().items())
     summary = (f"{len(frame)} images ({per_source}), {int(frame.target.sum())} melanomas; "
-               f"{cfg.folds} folds, training {cfg.folds_to_train}")
+               f"{cfg.folds} folds, training {cfg.folds_to_train}\n{class_by_source(frame)}")
     return RunData(frame, fold_of, fold_table(frame, fold_of, duplicates), summary)
+
+
+def class_by_source(frame: pd.DataFrame) -> str:
+    """The class × source table of the rows, and a warning for each class that only one source supplies:
+    the model can then predict that class from the source's look (camera, clinic, resizing) instead of
+    the lesion, which validation on the same sources rewards and images from other clinics expose."""
+    counts = pd.crosstab(frame.label, frame.source)
+    lines = ["class × source:", counts.to_string()]
+    if counts.shape[1] > 1:
+        for label, row in counts.iterrows():
+            if (row > 0).sum() == 1:
+                lines.append(f"warning: class {label!r} comes from one source only ({row.idxmax()}): the model can "
+                             "learn it from that source's look rather than the lesion.")
+    return "\n".join(lines)
 
 
 def check_resumable(cfg: Config, run: Path, folds_csv: pd.DataFrame) -> None:
