@@ -17,6 +17,8 @@ import json
 import math
 import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -35,6 +37,9 @@ NOTICE = ("**Research demo, not a diagnosis.** This model has not been clinicall
           "Anyone worried about a skin lesion should see a doctor or dermatologist.")
 REFUSAL = ("## This does not look like a dermoscopic image\nThe model was trained only on dermatoscope photos of "
            "skin lesions, so it gives no melanoma probability for this image. Try a close-up taken through a dermatoscope.")
+# Uploads and heat maps are deleted this long after they were written: Gradio checks every RETENTION[0]
+# seconds for files older than RETENTION[1] (so nothing stays past their sum), and start-up does it once.
+RETENTION = (int(os.environ.get("MELANOMA_RETENTION_S", 600)),) * 2
 # Server settings of the Space (tests launch with the same ones). Every API call is a new Gradio
 # session holding a copy of the page config (~50 KB); the app keeps no per-session state, so few are kept.
 LAUNCH = dict(max_file_size="20mb", show_error=True, ssr_mode=False, enable_monitoring=False, mcp_server=False,
@@ -44,8 +49,9 @@ BLANK = {gr.Markdown: "", gr.Number: None, gr.Label: {}, gr.Image: None, gr.JSON
 
 
 def refuse(message: str) -> gr.Error:
-    """A message for the person (printed nowhere: it can quote their input)."""
-    return gr.Error(html.escape(message, quote=False), title="Cannot assess this input", print_exception=False)
+    """A message for the person (printed nowhere: it can quote their input). Gradio 6.31's page titles every
+    error toast "Error" whatever `title` says, so the message itself says what to do."""
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
 
 
 def upload_path(image: dict | None, uploads: Path) -> str | None:
@@ -139,11 +145,40 @@ def examples() -> tuple[list[list], str]:
                    f"(2018), doi:10.7910/DVN/DBW86T, licence CC BY-NC; from the model's validation fold. {others}.")
 
 
-def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = (600, 600)) -> gr.Blocks:
-    """The Blocks app around one loaded predictor; the API endpoint is `/predict`."""
-    # Where Gradio's upload route writes (read from $GRADIO_TEMP_DIR now, as the components do); it also
-    # copies the examples there (kept for the server's lifetime), so clicking one passes a path inside it.
-    uploads = Path(get_upload_folder()).resolve()
+def upload_folder() -> Path:
+    """The app's own folder for uploads and heat maps: $GRADIO_TEMP_DIR when set, else one that no other Gradio
+    app shares (Gradio's default, <tmp>/gradio, is everyone's). Gradio reads the variable when it builds the
+    page and when the server starts, so it is set here, before both."""
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "melanoma-triage"))
+    folder = Path(get_upload_folder()).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def purge(folder: Path, older_than_s: float) -> int:
+    """Delete files last modified more than `older_than_s` ago, and the folders that leaves empty; returns
+    how many files went. Gradio's `delete_cache` does this while the server runs; at start-up it is done
+    here, so uploads of a server that crashed or was killed do not outlive the promise either."""
+    now, gone = time.time(), 0
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # files before their folders
+        try:
+            if path.is_file() and now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                gone += 1
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        except OSError:  # another process removed it first
+            continue
+    return gone
+
+
+def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = RETENTION) -> gr.Blocks:
+    """The Blocks app around one loaded predictor; the API endpoint is `/predict`. `delete_cache`: every
+    first-value seconds, delete uploads and outputs older than the second value (the same age at start-up)."""
+    # Where Gradio's upload route writes; it also copies the examples there (kept for the server's
+    # lifetime), so clicking one passes a path inside it.
+    uploads = upload_folder()
+    purge(uploads, delete_cache[1])
     example_rows, credits = examples()
     with gr.Blocks(title="Melanoma triage (research demo)", analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(f"# Melanoma triage from a dermoscopic image\n> ⚠️ {NOTICE}")
@@ -172,8 +207,9 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = (600, 600))
                                 type="numpy", format="png", interactive=False, height=320, elem_id="heat-map")
                 with gr.Accordion("Raw answer (same JSON as the /predict API)", open=False):
                     answer = gr.JSON(label="Answer")
+        kept = f"{sum(delete_cache) // 60} minutes" if sum(delete_cache) >= 120 else f"{sum(delete_cache)} seconds"
         gr.Markdown(f"{model_line(predictor)} Malignant = {', '.join(CLASS_NAMES[c] for c in MALIGNANT)}. "
-                    "Uploads are deleted from the server within 20 minutes and never logged.\n\n" + credits,
+                    f"Uploads are deleted from the server within {kept} and never logged.\n\n{credits}",
                     elem_id="footer")
         inputs, shown = [image, age, sex, site], [headline, mel, benign_malignant, ddx, triage]
         outputs = [*shown, heat, answer]

@@ -24,6 +24,11 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # JPEG includes
 # Our own cap, far below Pillow's (~179 MP, and only a warning below that): a dermoscopic photo is a
 # few MP, while a 12 KB PNG can declare 100 MP and make the server decode all of them.
 MAX_PIXELS = 40_000_000
+# Formats libjpeg cannot decode at a reduced scale (PNG, WebP, ...) cost their full size in time and memory
+# whatever the model needs, and compress flat pictures to almost nothing: a 35 KB PNG can declare 36 MP.
+# A phone photo is 12 MP; a PNG or WebP upload above this is refused from its header.
+MAX_PIXELS_FULL_DECODE = 12_500_000
+INCOMPLETE = "This file is not a complete image: it is damaged or truncated. Upload the whole file again."
 MIN_SIDE = 8
 # EXIF orientation → what displays an (H, W, C) array upright: Pillow's table in ImageOps.exif_transpose
 # (flip left-right, rotate 180, flip top-bottom, transpose, rotate 270, transverse, rotate 90), as array views.
@@ -79,11 +84,17 @@ def open_image(source: ImageInput, min_side: int | None = None) -> np.ndarray:
             ) from None
         except Image.DecompressionBombError:
             raise ImageError(f"The image is too large; the limit is {MAX_PIXELS // 1_000_000} megapixels.") from None
+        except (OSError, SyntaxError, ValueError):  # a header cut short ("Truncated File Read" and the like)
+            raise ImageError(INCOMPLETE) from None
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(
             f"The image is {width}×{height} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels."
         )
+    if data is not None and image.format not in ("JPEG", "MPO") and width * height > MAX_PIXELS_FULL_DECODE:
+        raise ImageError(f"The image is {width}×{height} pixels; a {image.format} file is limited to "
+                         f"{MAX_PIXELS_FULL_DECODE / 1e6:.1f} megapixels (JPEG: {MAX_PIXELS // 1_000_000}). "
+                         "Upload a smaller copy or a JPEG.")
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"The image is {width}×{height} pixels; it must be at least {MIN_SIDE} pixels a side.")
     if data is not None and image.format in ("JPEG", "MPO") and image.mode in ("RGB", "L"):
@@ -97,8 +108,8 @@ def open_image(source: ImageInput, min_side: int | None = None) -> np.ndarray:
             image.draft("RGB", (2 * min_side, 2 * min_side))  # no-op unless a 1/2+ reduction keeps both ≥ 2×
         image.load()
         return np.asarray(to_rgb(ImageOps.exif_transpose(image))).copy()  # writable, like the JPEG path's
-    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
-        raise ImageError(f"The image file is damaged or truncated and cannot be decoded ({err}).") from None
+    except (OSError, SyntaxError, ValueError):  # truncated or corrupt data; the library's words help nobody
+        raise ImageError(INCOMPLETE) from None
 
 
 def _decode_jpeg(data: bytes, header: Image.Image, min_side: int | None) -> np.ndarray | None:

@@ -19,6 +19,7 @@ import ipaddress
 import json
 import math
 import os
+import signal
 import re
 import shutil
 import socket
@@ -110,19 +111,8 @@ def launch(predictor: Predictor, **build):
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir) -> Predictor:
-    return Predictor.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread while the server runs: on 2 cores torch's thread pool fights the event loop
-    (the tiny model takes ~150 ms a request inside the server with 2 threads, ~12 ms with 1)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    # one onnxruntime thread: on 2 cores a second one fights the server's event loop for a tiny model
+    return Predictor.from_pretrained(tiny_model_dir, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -215,10 +205,13 @@ def bad_files(tmp_path_factory, rows) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bad")
     real = Path(rows[0][0]).read_bytes()
     files = {name: folder / f"{MARK}-{name}" for name in
-             ("zero.jpg", "text.jpg", "truncated.jpg", "one_pixel.png", "svg.png", "pdf.png")}
+             ("zero.jpg", "text.jpg", "truncated.jpg", "header_only.jpg", "one_pixel.png", "svg.png", "pdf.png",
+              "36mp.png")}
     files["zero.jpg"].write_bytes(b"")
     files["text.jpg"].write_text("Dear doctor, this is a letter, not a picture.\n" * 20)
     files["truncated.jpg"].write_bytes(real[: len(real) // 2])
+    files["header_only.jpg"].write_bytes(real[:600])  # cut inside the header: Pillow's own words were raw
+    Image.new("RGB", (6000, 6000), (200, 150, 120)).save(files["36mp.png"])  # ~120 KB declaring 36 MP
     Image.new("RGB", (1, 1), (120, 80, 60)).save(files["one_pixel.png"])
     files["svg.png"].write_text('<svg xmlns="http://www.w3.org/2000/svg" width="300" height="300">'
                                 '<circle cx="150" cy="150" r="100" fill="brown"/></svg>')
@@ -327,7 +320,9 @@ def test_unusual_valid_images_are_scored(client, predictor, unusual_files):
 BAD_UPLOADS = [  # (generated file, expected message)
     ("zero.jpg", r"empty \(0 bytes\)"),
     ("text.jpg", r"not an image we can read"),
-    ("truncated.jpg", r"damaged or truncated"),
+    ("truncated.jpg", r"^This file is not a complete image: it is damaged or truncated. Upload the whole file again.$"),
+    ("header_only.jpg", r"^This file is not a complete image: it is damaged or truncated. Upload the whole file again.$"),
+    ("36mp.png", r"6000×6000 pixels; a PNG file is limited to 12.5 megapixels"),
     ("bomb.png", r"too large.*40 megapixels"),
     ("100mp.png", r"10000×10000 pixels; the limit is 40 megapixels"),
     ("one_pixel.png", r"1×1 pixels; it must be at least 8 pixels"),
@@ -556,6 +551,53 @@ def test_uploads_and_outputs_are_deleted_after_the_cache_lifetime(predictor, tmp
         assert left() == []
     finally:
         demo.close()
+
+
+def test_purge_deletes_old_files_and_the_folders_it_empties(tmp_path):
+    old, new = tmp_path / "a1b2" / "upload.jpg", tmp_path / "c3d4" / "upload.jpg"
+    for path in (old, new):
+        path.parent.mkdir()
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 700, time.time() - 700))
+    assert app.purge(tmp_path, 600) == 1
+    assert not old.parent.exists() and new.is_file()  # no empty hash folder is left behind
+
+
+def test_a_killed_servers_uploads_are_gone_after_the_retention_time(tiny_model_dir, real_copies, tmp_path):
+    """`kill -9` leaves the uploads on disk; the next start deletes those older than the retention time."""
+    uploads = tmp_path / "uploads"
+    port = free_port()
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(uploads), "MELANOMA_RETENTION_S": "3", "MELANOMA_MODEL":
+           str(tiny_model_dir), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    base = f"http://127.0.0.1:{port}/"
+
+    def start() -> subprocess.Popen:
+        server = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=tmp_path, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base, timeout=2).status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        server.kill()
+        raise AssertionError("the app did not start")
+
+    server = start()
+    sent = Path(upload(base, real_copies[0])["path"])
+    assert sent.is_file() and sent.is_relative_to(uploads)  # the app's own folder, not Gradio's shared one
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(10)
+    time.sleep(4)  # older than the retention now, with no server to delete it
+    assert sent.is_file()
+    server = start()
+    try:
+        assert not sent.exists() and not sent.parent.exists()
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(10)
 
 
 def test_no_model_is_one_clear_line(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from inference.image import MAX_PIXELS, ImageError, eval_transform, open_image, prepare
+from inference.image import (INCOMPLETE, MAX_PIXELS, MAX_PIXELS_FULL_DECODE, ImageError, eval_transform, open_image,
+                             prepare)
 
 
 def _png_bomb(side: int) -> bytes:
@@ -120,6 +121,28 @@ def test_empty_and_truncated_files(tmp_path, isic_rows):
     truncated.write_bytes(data[: len(data) // 3])
     with pytest.raises(ImageError, match="damaged or truncated"):
         open_image(truncated)
+
+
+def test_a_cut_header_and_a_cut_body_get_one_plain_sentence(isic_rows):
+    data = open(isic_rows.path[0], "rb").read()
+    for cut in (600, 2000, len(data) // 3):  # inside the header ("Truncated File Read" before), then the pixels
+        with pytest.raises(ImageError) as err:
+            open_image(data[:cut], min_side=160)
+        assert str(err.value) == INCOMPLETE, cut
+
+
+def test_formats_without_reduced_decoding_have_a_lower_pixel_cap():
+    def png(width: int, height: int) -> bytes:
+        return _encode(Image.new("RGB", (width, height), (200, 150, 120)), "PNG")
+
+    big = png(6000, 6000)
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match="6000×6000 pixels; a PNG file is limited to 12.5 megapixels"):
+        open_image(big)
+    assert time.perf_counter() - start < 0.5 and len(big) < 200_000  # refused from the header, never decoded
+    assert 6000 * 6000 < MAX_PIXELS and 4000 * 3000 <= MAX_PIXELS_FULL_DECODE
+    assert open_image(png(4000, 3000), min_side=160).shape == (3000, 4000, 3)  # a phone-sized PNG still works
+    assert open_image(np.zeros((4000, 4000, 3), np.uint8)).shape == (4000, 4000, 3)  # arrays are already decoded
 
 
 def test_tiny_image_is_refused():

@@ -45,8 +45,8 @@ def load_run_data(cfg: Config) -> RunData:
             raise DataError(f"Validation fold {fold} has {n_mel} melanomas among {n_rows} images: "
                             "melanoma AUC is undefined. Use fewer folds or more data.")
     per_source = ", ".join(f"{s}: {n}" for s, n in frame.source.value_counts().items())
-    summary = (f"{len(frame)} images ({per_source}), {int(frame.target.sum())} melanomas; "
-               f"{cfg.folds} folds, training {cfg.folds_to_train}\n{class_by_source(frame)}")
+    summary = (f"{class_by_source(frame)}\n{len(frame)} images ({per_source}), {int(frame.target.sum())} melanomas; "
+               f"{cfg.folds} folds, training {cfg.folds_to_train}")
     return RunData(frame, fold_of, fold_table(frame, fold_of, duplicates), summary)
 
 
