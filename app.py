@@ -44,8 +44,12 @@ RETENTION = (int(os.environ.get("MELANOMA_RETENTION_S", 600)),) * 2
 # session holding a copy of the page config (~50 KB); the app keeps no per-session state, so few are kept.
 LAUNCH = dict(max_file_size="20mb", show_error=True, ssr_mode=False, enable_monitoring=False, mcp_server=False,
               pwa=False, run_history=False, state_session_capacity=200, footer_links=["api", "gradio", "settings"])
+HEAT_CAPTION = ("**Grad-CAM**: regions that raised the melanoma probability (bright = more). The model sees the "
+                "centre square of the image; the dimmed sides, outside the white frame, were cut off.")
+# After an answer, bring its headline into view when it is not (on a phone it is below the inputs).
+SCROLL_TO_ANSWER = "() => document.getElementById('headline')?.scrollIntoView({block: 'nearest'})"
 # What each output shows when an input changes (the browser clears the old answer; see build_demo).
-BLANK = {gr.Markdown: "", gr.Number: None, gr.Label: {}, gr.Image: None, gr.JSON: None}
+BLANK = {gr.Markdown: "", gr.Label: {}, gr.Image: None, gr.JSON: None}
 
 
 def refuse(message: str) -> gr.Error:
@@ -86,16 +90,16 @@ def predict(predictor: Predictor, uploads: Path, image: dict | None, age: float 
 
 
 def show(answer: dict) -> tuple:
-    """(headline, melanoma number, benign/malignant, differential, triage words) for one answer."""
+    """(headline, benign/malignant, differential, triage words) for one answer: the number once, in the headline."""
     if answer["in_distribution"] is False:  # no number at all: a probability for a cat or a screenshot misleads
-        return REFUSAL, None, {}, {}, ""
+        return REFUSAL, {}, {}, ""
     mel, malignant = answer["melanoma_probability"], answer["malignant_probability"]
     headline = f"## Melanoma probability: {mel:.1%}\nBenign {1 - malignant:.1%} · malignant {malignant:.1%}"
     if answer["in_distribution"] is None:
         headline += "\n\n*This model has no out-of-scope guard: it cannot tell whether the image is dermoscopic.*"
     benign_malignant = {"Malignant (melanoma, basal cell carcinoma, AK/IEC)": malignant, "Benign": 1 - malignant}
     ddx = {CLASS_NAMES[c]: p for c, p in answer["diagnosis"].items()}
-    return headline, mel, benign_malignant, ddx, describe(answer)
+    return headline, benign_malignant, ddx, describe(answer)
 
 
 def heat_map(predictor: Predictor, uploads: Path, image: dict | None, age=None, sex=None, site=None,
@@ -132,16 +136,19 @@ def model_line(predictor: Predictor) -> str:
     return f"Answered by model {where}."
 
 
-def examples() -> tuple[list[list], str]:
-    """(rows for gr.Examples, attribution Markdown) from examples/examples.csv."""
+def examples() -> tuple[list[list], list[str], str]:
+    """(rows for gr.Examples, one label per row naming its diagnosis, attribution Markdown) from
+    examples/examples.csv. Labels instead of a table: a table of four columns is wider than a phone."""
     with open(EXAMPLES / "examples.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     table = [[str(EXAMPLES / r["file"]), float(r["age"]) if r["age"] else None, r["sex"] or "unknown",
               r["site"] or "unknown"] for r in rows]
+    labels = [" · ".join([CLASS_NAMES.get(r["dx"], r["dx"].capitalize()),
+                          *([f"{r['age']} y", r["sex"], r["site"]] if r["age"] else [])]) for r in rows]
     credits = "; ".join(f"{r['dx']} {r['image_id']}" + (f" ({r['lesion_id']})" if r["lesion_id"] else "")
                         for r in rows if r["source"] == "HAM10000")
     others = "; ".join(f"{r['file']}: {r['source']}, {r['licence']}" for r in rows if r["source"] != "HAM10000")
-    return table, (f"Examples: HAM10000 images {credits} — Tschandl, Rosendahl, Kittler, *Scientific Data* 5:180161 "
+    return table, labels, (f"Examples: HAM10000 images {credits} — Tschandl, Rosendahl, Kittler, *Scientific Data* 5:180161 "
                    f"(2018), doi:10.7910/DVN/DBW86T, licence CC BY-NC; from the model's validation fold. {others}.")
 
 
@@ -179,7 +186,7 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = RETENTION) 
     # lifetime), so clicking one passes a path inside it.
     uploads = upload_folder()
     purge(uploads, delete_cache[1])
-    example_rows, credits = examples()
+    example_rows, example_labels, credits = examples()
     with gr.Blocks(title="Melanoma triage (research demo)", analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(f"# Melanoma triage from a dermoscopic image\n> ⚠️ {NOTICE}")
         with gr.Row():
@@ -193,25 +200,24 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = RETENTION) 
                                    allow_custom_value=True)
                 gr.Markdown("Blank or *unknown* fields are treated as unknown; the model was trained with them.")
                 button = gr.Button("Assess", variant="primary")
-                gr.Examples(example_rows, [image, age, sex, site], label="Examples (click one, then Assess)",
-                            elem_id="examples", cache_examples=False)
-            with gr.Column():
+            with gr.Column():  # on a phone the columns stack: the answer comes right after the button
                 headline = gr.Markdown(elem_id="headline")
                 triage = gr.Markdown(elem_id="triage")
-                mel = gr.Number(label="Melanoma probability (0–1)", precision=4, interactive=False,
-                                elem_id="mel-probability")
                 # No big heading naming the top class: it would read like a diagnosis.
                 benign_malignant = gr.Label(label="Benign or malignant", show_heading=False, elem_id="benign-malignant")
                 ddx = gr.Label(label="Differential diagnosis", num_top_classes=5, show_heading=False, elem_id="ddx")
-                heat = gr.Image(label="Grad-CAM: regions that raised the melanoma probability (bright = more)",
-                                type="numpy", format="png", interactive=False, height=320, elem_id="heat-map")
+                heat = gr.Image(show_label=False, type="numpy", format="png", interactive=False, height=320,
+                                elem_id="heat-map")
+                gr.Markdown(HEAT_CAPTION, elem_id="heat-caption")  # below the picture, not over it
                 with gr.Accordion("Raw answer (same JSON as the /predict API)", open=False):
                     answer = gr.JSON(label="Answer")
+        gr.Examples(example_rows, [image, age, sex, site], label="Examples (click one, then Assess)",
+                    elem_id="examples", cache_examples=False, example_labels=example_labels)
         kept = f"{sum(delete_cache) // 60} minutes" if sum(delete_cache) >= 120 else f"{sum(delete_cache)} seconds"
         gr.Markdown(f"{model_line(predictor)} Malignant = {', '.join(CLASS_NAMES[c] for c in MALIGNANT)}. "
                     f"Uploads are deleted from the server within {kept} and never logged.\n\n{credits}",
                     elem_id="footer")
-        inputs, shown = [image, age, sex, site], [headline, mel, benign_malignant, ddx, triage]
+        inputs, shown = [image, age, sex, site], [headline, benign_malignant, ddx, triage]
         outputs = [*shown, heat, answer]
         # Gradio 6.31's front end starts an empty Number at 0 (a newborn, not "unknown"): blank it on load.
         demo.load(fn=None, outputs=age, js="() => null")
@@ -220,7 +226,8 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = RETENTION) 
               js=f"() => {json.dumps([BLANK[type(c)] for c in outputs])}")
         scored = button.click(bind(predict, predictor, uploads), inputs, answer, api_name="predict",
                               concurrency_id="model", preprocess=False)
-        scored.success(show, answer, shown, api_visibility="private", concurrency_limit=None, show_progress="hidden")
+        scored.success(show, answer, shown, api_visibility="private", concurrency_limit=None, show_progress="hidden") \
+            .then(fn=None, js=SCROLL_TO_ANSWER)
         scored.success(bind(heat_map, predictor, uploads), [*inputs, answer], heat, api_visibility="private",
                        concurrency_id="model", preprocess=False)
     demo.queue(max_size=64, default_concurrency_limit=2, api_open=False)

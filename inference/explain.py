@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .image import ImageInput, open_image, prepare, to_input
+from .image import ImageInput, open_image, prepare, resize_shorter, to_input
 from .metadata import encode, normalize
 from .onnx_backend import FEATURES
 
@@ -65,13 +65,31 @@ def overlay(rgb: np.ndarray, heat: np.ndarray, strength: float = 0.65) -> np.nda
     return np.round(blended).clip(0, 255).astype(np.uint8)
 
 
+def frame(opened: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """The whole upload with the heat map over the centre square the model saw: the upload resized so its
+    shorter side is the heat map's side, the cut-off sides dimmed, and the square outlined in white (a
+    square upload is all square: nothing is dimmed or outlined)."""
+    size = heat.shape[0]
+    whole = resize_shorter(opened, size)
+    height, width = whole.shape[:2]
+    left, top = (width - size) // 2, (height - size) // 2
+    shown = np.round(whole.astype(np.float32) * 0.4).astype(np.uint8)  # dimmed: the model did not see this
+    shown[top:top + size, left:left + size] = overlay(whole[top:top + size, left:left + size], heat)
+    if (width, height) != (size, size):
+        line = max(1, size // 192)
+        box = shown[max(0, top - line):top + size + line, max(0, left - line):left + size + line]
+        box[:line], box[-line:], box[:, :line], box[:, -line:] = 255, 255, 255, 255
+    return shown
+
+
 def explain(predictor: Any, image: ImageInput, age: Any = None, sex: Any = None, site: Any = None,
             target: str = "mel", display_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of `target` (default melanoma) for one input, as the Predictor would see it.
 
-    Returns (overlay uint8 (D, D, 3), heat float32 (D, D) in [0, 1]) on the model's centre crop, where
-    D is `display_size` (the same crop, resampled: sharper than enlarging a small overlay) or else
-    the model's input size. Raises ValueError / `ImageError` for bad input, like `Predictor.predict`.
+    Returns (the whole upload with the heat map over the model's centre crop (`frame`), uint8 (D, D·w/h, 3)
+    for a landscape upload; heat float32 (D, D) in [0, 1] over the crop), where D is `display_size` (the
+    same crop, resampled: sharper than enlarging a small overlay) or else the model's input size. Raises
+    ValueError / `ImageError` for bad input, like `Predictor.predict`.
     """
     if predictor.head is None:
         raise ValueError("This model was loaded without its head weights, so it cannot explain.")
@@ -85,5 +103,5 @@ def explain(predictor: Any, image: ImageInput, age: Any = None, sex: Any = None,
     (features,) = predictor.session.run(pixels, meta, (FEATURES,))
     weights = predictor.head[c.classes.index(target), :features.shape[1]]  # the image part of the head row
     heat = grad_cam(features[0], weights, size)
-    return overlay(prepare(opened, size), heat), heat
+    return frame(opened, heat), heat
 

@@ -144,25 +144,32 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def prepare(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize the shorter side to `size` and centre-crop a square: uint8 array (size, size, 3).
-
-    A crop, not a squash: lesion shape (asymmetry, border) is a melanoma cue that squashing a 4:3
-    HAM10000 photo would distort, and dermoscopy centres the lesion. OpenCV's area filter shrinks
-    (a pixel-area average: no aliasing, and cheaper than Pillow's bicubic, which set the pace of the
-    384 px training pipeline) and bicubic enlarges; an image already at the size is not resampled.
-    """
+def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the shorter side is `size` (aspect kept): OpenCV's area filter shrinks (a pixel-area
+    average: no aliasing, and cheaper than Pillow's bicubic, which set the pace of the 384 px training
+    pipeline) and bicubic enlarges; an image already at the size is returned as it is, not resampled."""
     array = np.asarray(image)  # open_image's array (a PIL RGB image works too)
     height, width = array.shape[:2]
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    if (new_w, new_h) != (width, height):
-        shrink = new_w < width
-        array = cv2.resize(array, (new_w, new_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-        if (new_w, new_h) == (size, size):
-            return array  # OpenCV's fresh, contiguous square: nothing to crop (saves a copy per image)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return array[top:top + size, left:left + size].copy()  # contiguous, and never the caller's own array
+    if (new_w, new_h) == (width, height):
+        return array
+    return cv2.resize(array, (new_w, new_h), interpolation=cv2.INTER_AREA if new_w < width else cv2.INTER_CUBIC)
+
+
+def prepare(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize the shorter side to `size` and centre-crop a square: uint8 array (size, size, 3).
+
+    A crop, not a squash: lesion shape (asymmetry, border) is a melanoma cue that squashing a 4:3
+    HAM10000 photo would distort, and dermoscopy centres the lesion.
+    """
+    array = np.asarray(image)
+    resized = resize_shorter(array, size)
+    height, width = resized.shape[:2]
+    if (width, height) == (size, size) and resized is not array:
+        return resized  # OpenCV's fresh, contiguous square: nothing to crop (saves a copy per image)
+    left, top = (width - size) // 2, (height - size) // 2
+    return resized[top:top + size, left:left + size].copy()  # contiguous, and never the caller's own array
 
 
 def scale_shift(mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray]:

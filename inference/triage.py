@@ -49,21 +49,19 @@ def triage(melanoma_probability: float, points: dict[str, Any] | None) -> dict[s
 
 
 def describe(answer: dict[str, Any]) -> str:
-    """The band in plain words for the page (Markdown); the numbers come from the answer itself."""
+    """The band in one plain sentence for the page (Markdown), counted per 100 validation lesions; the
+    numbers come from the answer itself, and the page says which images they were measured on."""
     t = answer.get("triage")
     if t is None:
         return "This model has no validation operating points, so the number cannot be put on a scale."
     low, high = t["lines"]["low"], t["lines"]["high"]
-    # Percentages, not "n of 10": 187/196 would round to "10 of 10" and overstate the line.
-    mel_above_low = f"{low['sensitivity']:.0%}"
-    other_below_high = f"{high['specificity']:.0%}"
+    where = f" (measured on {t['validation']})" if t.get("validation") else ""
     if t["band"] == "low":
-        return (f"**Low band**: below the line ({low['threshold']:.1%}) above which, in validation, "
-                f"{mel_above_low} of melanomas scored. A low score does not rule melanoma out.")
+        return (f"**Low**: of 100 melanomas in validation, {low['sensitivity'] * 100:.0f} scored higher than this"
+                f"{where}. A low result does not rule melanoma out.")
     if t["band"] == "high":
-        return (f"**High band**: at or above the line ({high['threshold']:.1%}) below which, in validation, "
-                f"{other_below_high} of non-melanoma lesions scored; {high['sensitivity']:.0%} of melanomas "
-                "scored above it.")
-    return (f"**Intermediate band**: above the line ({low['threshold']:.1%}) above which, in validation, "
-            f"{mel_above_low} of melanomas scored, but below the line ({high['threshold']:.1%}) below which "
-            f"{other_below_high} of non-melanoma lesions scored.")
+        return (f"**High**: of 100 melanomas in validation, {high['sensitivity'] * 100:.0f} scored this high or higher, "
+                f"and {(1 - high['specificity']) * 100:.0f} of 100 other lesions did{where}.")
+    return (f"**Intermediate**: between the low line ({low['threshold']:.1%}), which {low['sensitivity'] * 100:.0f} of "
+            f"100 melanomas in validation reached, and the high line ({high['threshold']:.1%}), which "
+            f"{high['sensitivity'] * 100:.0f} of 100 reached{where}.")

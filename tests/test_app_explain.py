@@ -10,6 +10,7 @@ import pytest
 
 from inference import Predictor
 from inference.explain import colorize, explain, grad_cam, overlay
+from inference.image import open_image, prepare
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,16 @@ def test_heat_map_is_finite_in_unit_range_and_image_sized(predictor, images):
     big, big_heat = explain(predictor, images[0], 60, "female", "torso", display_size=200)
     assert big.shape == (200, 200, 3) and big_heat.shape == (200, 200)
     assert np.isfinite(big_heat).all() and 0.0 <= big_heat.min() and big_heat.max() <= 1.0
+
+
+def test_a_landscape_upload_is_shown_whole_with_the_models_square_marked(predictor, images):
+    wide, heat = explain(predictor, images[2], display_size=120)  # HAM10000: 200×150
+    assert heat.shape == (120, 120) and wide.shape == (120, 160, 3)
+    border = 20  # (160 - 120) / 2: the dimmed sides, then the white frame of the square the model saw
+    assert (wide[:, border - 1] == 255).all() and (wide[:, border + 120] == 255).all()  # just outside the square
+    opened = prepare(open_image(images[2]), 120)
+    sides = np.concatenate([wide[:, :border - 1], wide[:, -(border - 1):]], axis=1).astype(float)
+    assert sides.mean() < 0.5 * opened.mean()  # dimmed
 
 
 def test_heat_map_changes_with_the_image(predictor, images):
