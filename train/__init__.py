@@ -8,6 +8,7 @@ ema.py (weight average), ranks.py (cross-process decisions), loop.py (folds and 
 (atomic resumable states), run_folder.py (claiming the folder, status.json), finalize.py (OOF, final model), metrics.py,
 plots.py, card.py + card_template.md (model card), fit_guard.py + guard_eval.py (out-of-scope guard,
 triage lines), onnx_export.py (the one export serving needs; re-exports old folders), publish.py (Hub), baselines.py (metadata-only and paired comparisons),
-ablate.py (recipe ablations, one command each).
+ablate.py (recipe ablations, one command each), crosscheck.py (a model judged source by source, an
+external set included), sources/ (readers of further data layouts: the ISIC challenge layout).
 Training imports from `inference`; `inference` never imports from here.
 """
