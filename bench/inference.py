@@ -212,6 +212,8 @@ def main() -> None:
     phone = folder / "phone.jpg"
     Image.fromarray(opened).resize((4000, 3000), Image.Resampling.BICUBIC).save(phone, quality=92)
     runs = max(5, args.runs // 5)
+    rows["Predictor (onnx), batch 1, 8-view test-time augmentation"] = timings(
+        lambda: onnx.predict(first, 50, "female", "torso", tta=True), args.runs)
     rows["Predictor (onnx), batch 1, a 12 MP JPEG upload"] = timings(
         lambda: onnx.predict(str(phone), 50, "female", "torso"), runs)
     rows["  of which: decode + resize, reduced-scale decode"] = timings(

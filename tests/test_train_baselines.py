@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_cli, tiny_args
 
-from train.baselines import compare, isic_full, rescore, same_folds
+from train.baselines import compare, isic_full, rescore, same_folds, tta_gain
 from train.errors import DataError
 from train.metrics import auc
 
@@ -80,6 +80,18 @@ def test_compare_gives_the_paired_difference_and_refuses_different_folds(referen
     folds.to_csv(shifted / "folds.csv", index=False)
     with pytest.raises(DataError, match="different folds"):
         compare(run, shifted)
+
+
+def test_tta_gain_pairs_the_eight_views_with_the_single_view_on_the_same_rows(reference):
+    run, _ = reference
+    gain = tta_gain(run)
+    single = compare(run, run)  # the same model against itself: no difference, a zero-width interval
+    assert single["ham10000"]["difference"] == 0 and single["ham10000"]["difference_ci95"] == [0.0, 0.0]
+    for source, r in gain.items():
+        assert r["auc_other"] == pytest.approx(single[source]["auc"])  # the single view is the compared one
+        assert r["difference"] == pytest.approx(r["auc"] - r["auc_other"])
+        lo, hi = r["difference_ci95"]
+        assert lo <= r["difference"] <= hi
 
 
 def test_cli_says_what_is_wrong(tmp_path):

@@ -124,6 +124,19 @@ def compare(run: Path, other: Path) -> dict:
         raise DataError(f"{run} and {other} were split into different folds; compare runs made with the same data "
                         "and seed.")
     (rows, a), (_, b) = _predictions(run), _predictions(other)
+    return paired(rows, a, b)
+
+
+def tta_gain(run: Path) -> dict:
+    """The run's model with 8-view test-time augmentation against the single view, on the same validation rows:
+    melanoma AUC per source with the 95 % paired-bootstrap interval of the difference (TTA − single)."""
+    (rows, single), (_, views) = _predictions(run), _predictions(run, tta=True)
+    return paired(rows, views, single)
+
+
+def paired(rows: pd.DataFrame, a: np.ndarray, b: np.ndarray) -> dict:
+    """Per source: melanoma AUC of class probabilities `a` and `b` for the same rows, their difference and its
+    95 % paired-bootstrap interval."""
     result = {}
     for source in ("ham10000", "isic2020"):
         keep = (rows.source == source).to_numpy()
@@ -168,13 +181,21 @@ def summary(what: str, metrics: dict) -> str:
             f"diagnosis balanced accuracy {metrics['diagnosis_balanced_accuracy']:.3f}")
 
 
+def print_paired(result: dict, a: str, b: str) -> None:
+    for source, r in result.items():
+        lo, hi = r["difference_ci95"]
+        print(f"melanoma AUC on {source} rows ({r['melanomas']} melanomas): {a} {r['auc']:.3f}, {b} "
+              f"{r['auc_other']:.3f}, difference {r['difference']:+.3f} (paired bootstrap 95 % CI {lo:+.3f} to {hi:+.3f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.baselines", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a training run folder (or output/default)")
     parser.add_argument("--blank_metadata", action="store_true",
                         help="also score the run's model on its validation folds with all metadata unknown")
     parser.add_argument("--tta", action="store_true",
-                        help="also score the run's model on its validation folds with 8-view test-time augmentation")
+                        help="also score the run's model on its validation folds with 8-view test-time augmentation, "
+                             "and its AUC gain over the single view with a paired-bootstrap 95 %% CI")
     parser.add_argument("--compare", type=Path, metavar="RUN",
                         help="another run on the same folds: melanoma AUC difference with a paired-bootstrap 95 %% CI")
     parser.add_argument("--isic_csv", type=Path, help="ISIC_2020_Training_GroundTruth_v2.csv (33,126 rows)")
@@ -193,13 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.run and args.tta:
             results["fused_tta"] = scores = rescore(args.run, tta=True)
             print(summary(f"fused model, 8-view TTA, on {args.run} folds", scores))
+        if args.run and args.tta:
+            results["tta_gain"] = gain = tta_gain(args.run)
+            print_paired(gain, "8-view TTA", "single view")
         if args.run and args.compare:
             results["compare"] = c = compare(args.run, args.compare)
-            for source, r in c.items():
-                lo, hi = r["difference_ci95"]
-                print(f"melanoma AUC on {source} rows ({r['melanomas']} melanomas): {args.run} {r['auc']:.3f}, "
-                      f"{args.compare} {r['auc_other']:.3f}, difference {r['difference']:+.3f} "
-                      f"(paired bootstrap 95 % CI {lo:+.3f} to {hi:+.3f})")
+            print_paired(c, str(args.run), str(args.compare))
         if args.isic_csv:
             results["isic_full"] = r = isic_full(args.isic_csv)
             print(f"metadata-only on {r['rows']} ISIC 2020 rows ({r['melanomas']} melanomas, {r['patients']} patients, "
