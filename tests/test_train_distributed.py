@@ -79,3 +79,46 @@ def test_two_processes_that_do_not_form_a_group_stop_and_both_say_why(data_dir, 
     assert len(errors) == 2 and any(e.startswith("error (rank 1): ") for e in errors), done.stderr[-3000:]
     assert all("ACCELERATE_USE_CPU=yes" in e for e in errors)
     assert not out.exists()  # nothing claimed
+
+
+SLOW_FINALIZE = """
+import sys, time
+from datetime import timedelta
+from functools import partial
+
+import accelerate
+from accelerate.utils import InitProcessGroupKwargs
+
+import train.loop as loop
+
+# A collective timeout of a few seconds (NCCL's is 10 minutes on Kaggle) and a finalize slower than that.
+TIMEOUT = {timeout}
+loop.Accelerator = partial(accelerate.Accelerator,
+                           kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=TIMEOUT))])
+real_finalize = loop.finalize
+
+def slow_finalize(*args, **kwargs):
+    time.sleep(3 * TIMEOUT)
+    return real_finalize(*args, **kwargs)
+
+loop.finalize = slow_finalize
+sys.exit(loop.main(sys.argv[1:]))
+"""
+
+
+def test_a_finalize_longer_than_the_collective_timeout_still_ends_complete(data_dir, tmp_path):
+    """Rank 0 works alone after the folds (OOF table, guard fit, ONNX export, push): no other rank may wait in a
+    collective meanwhile, or the collective timeout kills it and the launcher the run (status.json: running)."""
+    isic, ham = make_subset(tmp_path / "data", data_dir, isic_benign=40, ham_per_dx=8)
+    out = tmp_path / "run"
+    script = tmp_path / "slow_finalize.py"
+    script.write_text(SLOW_FINALIZE.format(timeout=3))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "yes"}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+                           *tiny_args(isic, ham, out, epochs=1, train_folds="[0]")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "complete" and status["processes"] == 2
+    assert (out / "model" / "model.onnx").is_file() and status["model_dir"] == str(out / "model")

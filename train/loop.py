@@ -213,6 +213,12 @@ def training_function(cfg: Config) -> dict:
     done = [f for f in cfg.folds_to_train if (run / f"fold{f}" / "DONE").is_file()]
     result = {"status": outcome, "folds_done": done, "model_dir": None, "commit": None,
               "processes": accelerator.num_processes}
+    # What is left is rank 0's alone (finalize: OOF table, guard fit, ONNX export; the Hub push): end the process
+    # group first, so that no rank waits in a collective meanwhile. A waiting rank would hit the collective
+    # timeout (NCCL's default is 10 minutes; finalize takes about that on a T4), die, and take the run down with
+    # it, status.json still saying "running".
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the trackers, destroys the process group
     if accelerator.is_main_process:
         if outcome != "complete":
             accelerator.print(f"Stopped by the time limit after folds {done or 'none'}; continue with --resume.")
@@ -225,8 +231,6 @@ def training_function(cfg: Config) -> dict:
                 accelerator.print(f"Pushed to https://huggingface.co/{cfg.push_to_hub}/tree/{result['commit']} "
                                   f"- pin it as {cfg.push_to_hub}@{result['commit']}")
         write_status(run, result)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
     return result
 
 
