@@ -79,12 +79,13 @@ def write_plots(oof: pd.DataFrame, result: dict, history: pd.DataFrame, temperat
     plots.plot_curves(history, folder / "training_curves.png")
 
 
-def fit_guard_or_warn(model_dir: Path, data: RunData, fold: int) -> None:
+def fit_guard_or_warn(model_dir: Path, data: RunData, fold: int, num_workers: int) -> None:
     """Out-of-scope guard and triage lines for the published model, from its own training and validation
     rows. Too few validation melanomas for the lines (a tiny run) is a warning: the model works without."""
     in_fold = data.fold_of == fold
     try:
-        fit_guard(model_dir, data.frame[~in_fold], data.frame[in_fold], what=f"fold-{fold} validation rows")
+        fit_guard(model_dir, data.frame[~in_fold], data.frame[in_fold], what=f"fold-{fold} validation rows",
+                  num_workers=num_workers)
     except ValueError as err:
         print(f"warning: no out-of-scope guard or triage bands for this model: {err}", flush=True)
         for name in (GUARD_ARRAYS, GUARD_JSON, OPERATING_POINTS):
@@ -112,7 +113,7 @@ def finalize(cfg: Config, run: Path, data: RunData, folds_done: list[int], parti
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     export_onnx(model, tmp)  # model.onnx beside the weights: the Space's fast CPU backend, verified against torch
-    fit_guard_or_warn(tmp, data, result["published_fold"])
+    fit_guard_or_warn(tmp, data, result["published_fold"], cfg.num_workers)
     write_plots(oof, result, history, temperature, tmp)
     (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
     (tmp / "training_config.yaml").write_text(to_yaml(cfg))

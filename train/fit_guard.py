@@ -5,7 +5,7 @@
 
 The guard statistics come from the model's training rows, the guard threshold and the triage
 lines from its validation rows (folds.csv: the fold the model was validated on), all scored by the
-model itself through `inference.Predictor`. Training can call `fit_guard(model_dir, train_rows,
+model itself (its torch weights, in batches through a data loader). Training can call `fit_guard(model_dir, train_rows,
 val_rows)` at the end of a run. The ONNX file gains an `embedding` output (the pooled features, a
 tensor the graph already computes), so the guard costs no second forward pass.
 """
@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from inference import Predictor
 from inference import metadata as md
 from inference.guard import Guard, features
+from inference.image import eval_transform, open_image
+from inference.model import MelanomaModel, probabilities
 from inference.onnx_backend import EMBEDDING, ONNX_NAME, OnnxLogits
 from inference.triage import OPERATING_POINTS
 
@@ -63,18 +64,41 @@ def add_embedding_output(onnx_path: Path) -> bool:
     return True
 
 
-def score_rows(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(pooled embeddings (N, D), melanoma probabilities (N,)) for rows with `path` (+ age/sex/site)."""
-    meta = [md.encode(md.normalize(*(None if pd.isna(v) else v for v in (r.get("age"), r.get("sex"), r.get("site")))))
-            .numpy() for r in rows.to_dict("records")]
-    mel = predictor.classes.index("mel")
+class _Rows(torch.utils.data.Dataset):
+    """The rows' images through the eval transform, with their encoded metadata: what serving feeds the model."""
+
+    def __init__(self, model: MelanomaModel, rows: pd.DataFrame) -> None:
+        self.size, self.mean, self.std = model.image_size, model.mean, model.std
+        self.paths = rows["path"].tolist()
+        self.meta = [md.encode(md.normalize(*(None if pd.isna(v) else v for v in (r.get("age"), r.get("sex"),
+                                                                               r.get("site"))))).numpy()
+                     for r in rows.to_dict("records")]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = eval_transform(open_image(self.paths[i], min_side=self.size), self.size, self.mean, self.std)
+        return image, torch.from_numpy(self.meta[i])
+
+
+@torch.inference_mode()
+def score_rows(model: MelanomaModel, rows: pd.DataFrame, batch_size: int = 64,
+               num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled embeddings (N, D), melanoma probabilities (N,)) for rows with `path` (+ age/sex/site).
+
+    Batches through a data loader on the model's device (the training GPU at the end of a run): the guard
+    fit scores every training image, ~43k on Kaggle, and one image at a time would take most of the session's
+    last minutes."""
+    device = next(model.parameters()).device
+    model.eval()
+    mel = model.classes.index("mel")
     embeddings, probs = [], []
-    for start in range(0, len(rows), batch_size):
-        paths = rows["path"].iloc[start:start + batch_size]
-        pixels = torch.from_numpy(np.stack([predictor.image_tensor(p).numpy() for p in paths]))
-        p, e = predictor.scores(pixels, torch.from_numpy(np.stack(meta[start:start + len(paths)])))
-        embeddings.append(e)
-        probs.append(p[:, mel].numpy())
+    loader = torch.utils.data.DataLoader(_Rows(model, rows), batch_size=batch_size, num_workers=num_workers)
+    for images, meta in loader:
+        logits, embedding = model.head_and_embedding(model.forward_features(images.to(device)), meta.to(device))
+        embeddings.append(embedding.float().cpu().numpy())
+        probs.append(probabilities(logits.float().cpu().numpy(), model.temperature)[:, mel])
     return np.concatenate(embeddings), np.concatenate(probs)
 
 
@@ -114,17 +138,18 @@ def operating_points(probs: np.ndarray, target: np.ndarray, what: str) -> dict:
 
 
 def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame, max_flagged: float = 0.02,
-              what: str = "validation rows") -> dict:
+              what: str = "validation rows", num_workers: int = 0) -> dict:
     """Fit guard.safetensors + guard.json and operating_points.json in `model_dir`; returns a summary.
 
     train_rows: `path` (images the model was trained on). val_rows: `path`, `target` (1 = melanoma),
-    optional age/sex/site. The threshold flags at most `max_flagged` of the validation images."""
+    optional age/sex/site. The threshold flags at most `max_flagged` of the validation images. Scored on the
+    GPU when there is one, with `num_workers` loader processes."""
     model_dir = Path(model_dir)
     if (model_dir / ONNX_NAME).is_file():
         add_embedding_output(model_dir / ONNX_NAME)
-    predictor = Predictor.from_pretrained(model_dir)
-    mean, precision = fit_statistics(score_rows(predictor, train_rows)[0])
-    val_embeddings, val_probs = score_rows(predictor, val_rows)
+    model = MelanomaModel.from_pretrained(str(model_dir)).to("cuda" if torch.cuda.is_available() else "cpu")
+    mean, precision = fit_statistics(score_rows(model, train_rows, num_workers=num_workers)[0])
+    val_embeddings, val_probs = score_rows(model, val_rows, num_workers=num_workers)
     scores = Guard(mean, precision, np.inf).score(val_embeddings)
     guard = Guard(mean, precision, threshold_for(scores, max_flagged))
     flagged = float((scores > guard.threshold).mean())
