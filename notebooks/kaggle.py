@@ -493,24 +493,23 @@ def attach_output(root: Path) -> Path:
 
 
 def run_notebook(root: Path, label: str, parameters: dict, timeout: int) -> tuple[dict, str, float]:
-    import papermill
+    """One Kaggle session: a fresh environment on top of the Kaggle image, the notebook run by its papermill."""
+    import kaggle_env
 
+    image = kaggle_env.kaggle_image_env()
+    python = kaggle_env.session_env(image, root / "sessions" / label)
     out_nb = root / f"executed-{label}.ipynb"
-    env_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    os.environ["PATH"] = env_path  # the kernel, accelerate and pip of this venv
+    params = root / f"parameters-{label}.json"
+    params.write_text(json.dumps(parameters))
     start = time.monotonic()
-    error = None
-    try:
-        papermill.execute_notebook(str(NOTEBOOK), str(out_nb), parameters=parameters, kernel_name="python3",
-                                   cwd=str(root), progress_bar=False, execution_timeout=timeout,
-                                   start_timeout=120)
-    except papermill.PapermillExecutionError as err:
-        error = f"{err.ename}: {err.evalue}"
+    done = subprocess.run([str(python), "-m", "papermill", str(NOTEBOOK), str(out_nb), "-f", str(params), "--cwd",
+                           str(root), "--execution-timeout", str(timeout), "--start-timeout", "120", "-k", "python3",
+                           "--no-progress-bar"], env=kaggle_env.clean_environ(python), capture_output=True, text=True)
     seconds = time.monotonic() - start
     text = notebook_text(out_nb) if out_nb.is_file() else ""
-    if error:
-        raise KaggleCliError(f"notebook run '{label}' stopped with {error} after {seconds:.0f} s; "
-                             f"see {out_nb}\n--- last output ---\n{text[-3000:]}")
+    if done.returncode != 0:
+        raise KaggleCliError(f"notebook run '{label}' failed after {seconds:.0f} s; see {out_nb}\n--- last output "
+                             f"---\n{text[-3000:]}\n--- papermill ---\n{done.stderr[-2000:]}")
     session = json.loads((root / "kaggle" / "working" / SESSION_FILE).read_text())
     return session, text, seconds
 
@@ -539,10 +538,6 @@ def _check(ok: bool, what: str, failures: list[str]) -> None:
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
-    try:
-        import papermill  # noqa: F401
-    except ImportError:
-        raise KaggleCliError("papermill is not installed: pip install -r requirements-dev.txt") from None
     root = Path(args.out or REPO / "runs" / "kaggle-rehearsal").resolve()
     if root.exists() and any(root.iterdir()) and not (root / "kaggle" / "input").is_dir():
         raise KaggleCliError(f"--out {root} exists and is not an earlier rehearsal folder; choose a new or empty one")
@@ -553,7 +548,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     inp = build_input_tree(root)
     working = root / "kaggle" / "working"
     record = root / "hub-record.json"
-    base = {"INPUT_ROOT": str(inp), "WORKING": str(working), "INSTALL": False, "CPU": True, "NUM_PROCESSES": 2,
+    base = {"INPUT_ROOT": str(inp), "WORKING": str(working), "INSTALL": True, "CPU": True, "NUM_PROCESSES": 2,
             "HF_REPO": HUB_REPO, "FAKE_HUB_RECORD": str(record), "OVERRIDES": dict(TINY), "TIME_LIMIT": "",
             "SMOKE_IMAGES": 64, "PLAN_IMAGES_PER_S_PER_GPU": 0.0}
     failures: list[str] = []
