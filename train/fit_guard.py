@@ -25,6 +25,7 @@ import torch
 from inference import metadata as md
 from inference.guard import Guard, features
 from inference.image import eval_transform, open_image
+from inference.layout import FOLDS, TRAINING_CONFIG
 from inference.model import MelanomaModel, probabilities
 from inference.onnx_backend import EMBEDDING, ONNX_NAME, OnnxLogits
 from inference.triage import OPERATING_POINTS
@@ -169,13 +170,13 @@ def model_rows(model_dir: Path, isic_dirs: list[str] | None, ham_dirs: list[str]
 
     from train.data import load_sources
 
-    config = yaml.safe_load((model_dir / "training_config.yaml").read_text())
+    config = yaml.safe_load((model_dir / TRAINING_CONFIG).read_text())
     if fold is None:
         if len(config.get("train_folds") or []) != 1:
             raise ValueError("the model was trained on several folds: pass --fold (the one it was validated on).")
         fold = int(config["train_folds"][0])
     frame, _ = load_sources(isic_dirs or config["isic_dirs"], ham_dirs or config["ham_dirs"], "none")
-    folds = pd.read_csv(model_dir / "folds.csv", usecols=["image_id", "fold"])
+    folds = pd.read_csv(model_dir / FOLDS, usecols=["image_id", "fold"])
     rows = frame.merge(folds, on="image_id", how="inner", validate="one_to_one")
     if len(rows) != len(folds):
         raise ValueError(f"{len(folds) - len(rows)} rows of folds.csv have no image in the data folders given.")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import is_tensorboard_available
 
+from inference.layout import logit_columns
 from inference.model import CLASSES, probabilities
 
 from . import checkpoint, publish
@@ -72,7 +73,7 @@ def run_epoch(accelerator: Accelerator, cfg: Config, fs: FoldSetup, progress: Fo
     improved = progress.record(row, val_auc)
     accelerator.log({f"fold{progress.fold}/{k}": v for k, v in row.items()
                      if k not in ("fold", "epoch") and v is not None}, step=epoch + 1)
-    table = pd.DataFrame(val["logits"], columns=[f"logit_{c}" for c in CLASSES])
+    table = pd.DataFrame(val["logits"], columns=logit_columns(CLASSES))
     table.insert(0, "image_id", fs.val_rows["image_id"].to_numpy()[val["index"]])
     table.insert(1, "label", [CLASSES[i] for i in val["label"]])
     return EpochResult(row, improved, table.sort_values("image_id").reset_index(drop=True), skipped)
