@@ -15,6 +15,7 @@ as Kaggle ships it, for the next session.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import json
@@ -27,7 +28,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE_RECORDS = Path(os.environ.get("KAGGLE_IMAGE_RECORDS", REPO.parent / "shared" / "kaggle-image"))
+# ../shared/kaggle-image, beside the data the tests read (../shared/data, or wherever $MELANOMA_DATA points)
+IMAGE_RECORDS = Path(os.environ.get("MELANOMA_DATA", REPO.parent / "shared" / "data")).parent / "kaggle-image"
 FREEZE = "colab-pip-freeze.gpu.txt"  # Colab's `pip freeze`: the pins
 KAGGLE_LIST = "kaggle_requirements.txt"  # what Kaggle adds on top (mostly unpinned)
 OS_INFO = "colab-os-info.gpu.txt"  # Colab's Python version
@@ -44,6 +46,13 @@ class EnvError(RuntimeError):
     """The environment cannot be built here; the message says what to do."""
 
 
+def _read(records: Path, name: str) -> str:
+    if not (records / name).is_file():
+        raise EnvError(f"Kaggle's image records are not at {records} (no {name}): they sit beside the data, in "
+                       "../shared/kaggle-image (README there); set MELANOMA_DATA if the data is elsewhere")
+    return (records / name).read_text()
+
+
 def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -51,7 +60,7 @@ def normalise(name: str) -> str:
 def read_pins(records: Path = IMAGE_RECORDS) -> dict[str, str]:
     """Colab's `name==version` lines, local version labels dropped (torch 2.10.0+cu128 → 2.10.0: PyPI's build)."""
     pins = {}
-    for line in (records / FREEZE).read_text().splitlines():
+    for line in _read(records, FREEZE).splitlines():
         found = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9_.\-]*)==([^\s+;]+)(\+\S+)?", line.strip())
         if found:
             pins[normalise(found.group(1))] = found.group(2)
@@ -61,7 +70,7 @@ def read_pins(records: Path = IMAGE_RECORDS) -> dict[str, str]:
 def kaggle_listed(records: Path = IMAGE_RECORDS) -> set[str]:
     """The packages Kaggle adds on top of Colab's (names only: its list is mostly unpinned)."""
     names = set()
-    for line in (records / KAGGLE_LIST).read_text().splitlines():
+    for line in _read(records, KAGGLE_LIST).splitlines():
         found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9_.\-]*)", line.split("#")[0])
         if found:
             names.add(normalise(found.group(1)))
@@ -75,7 +84,7 @@ def image_packages(records: Path = IMAGE_RECORDS) -> set[str]:
 
 def python_version(records: Path = IMAGE_RECORDS) -> str:
     """Colab's Python as major.minor ("3.12")."""
-    found = re.search(r"^Python (\d+\.\d+)\.\d+", (records / OS_INFO).read_text(), re.M)
+    found = re.search(r"^Python (\d+\.\d+)\.\d+", _read(records, OS_INFO), re.M)
     if not found:
         raise EnvError(f"no 'Python X.Y.Z' line in {records / OS_INFO}")
     return found.group(1)
@@ -112,7 +121,7 @@ def env_dir(records: Path = IMAGE_RECORDS, cache: Path = CACHE) -> Path:
     """The cache folder, keyed by a hash of everything the build reads: the records and what is asked of them."""
     digest = hashlib.sha256()
     for name in (FREEZE, KAGGLE_LIST, OS_INFO):
-        digest.update((records / name).read_bytes())
+        digest.update(_read(records, name).encode())
     digest.update(json.dumps(spec(records), sort_keys=True).encode())
     return cache / f"kaggle-env-{digest.hexdigest()[:16]}"
 
@@ -122,6 +131,15 @@ def kaggle_image_env(records: Path = IMAGE_RECORDS, cache: Path = CACHE, log=pri
     folder = env_dir(records, cache)
     if (folder / MARKER).is_file():
         return json.loads((folder / MARKER).read_text())
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another rehearsal building this environment: wait for it, then use it
+        if (folder / MARKER).is_file():
+            return json.loads((folder / MARKER).read_text())
+        return _build(folder, records, log)
+
+
+def _build(folder: Path, records: Path, log) -> dict:
     shutil.rmtree(folder, ignore_errors=True)  # an interrupted build
     wanted = spec(records)
     python = find_python(wanted["python"])
@@ -138,7 +156,7 @@ def kaggle_image_env(records: Path = IMAGE_RECORDS, cache: Path = CACHE, log=pri
     versions = json.loads(subprocess.run(
         [str(folder / "bin" / "python"), "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
         capture_output=True, text=True, check=True).stdout)
-    info = {"folder": str(folder), "python": str(folder / "bin" / "python"), "base_interpreter": python,
+    info = {"folder": str(folder), "base_interpreter": python,
             "site_packages": subprocess.run([str(folder / "bin" / "python"), "-c",
                                              "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                             capture_output=True, text=True, check=True).stdout.strip(),

@@ -279,6 +279,8 @@ def cmd_rehearse(args) -> int:
         (root / "rehearsal.json").write_text(json.dumps({"ok": False, "error": str(err)}, indent=1) + "\n")
         raise
     (root / "rehearsal.json").write_text(json.dumps(report, indent=1) + "\n")
+    if report["ok"]:
+        shutil.rmtree(root / "sessions")  # ~0.6 GB each of installed packages; kept when something failed
     runs = " + ".join(f"{s['seconds']:.0f}" for s in report["sessions"])
     print(f"rehearsal: {'FAILED: ' + '; '.join(report['failures']) if report['failures'] else 'passed'} in "
           f"{report['seconds']:.0f} s (sessions {runs} s); {root / 'rehearsal.json'}", flush=True)

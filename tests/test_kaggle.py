@@ -503,7 +503,7 @@ def test_smoke_run_reports_per_process_rate_loader_wait_and_memory(tmp_path, dat
     assert "| process | images/s per process | loader wait share of step time |" in text
     assert ks.smoke_verdict(result, cpu=True, plan=0.0).startswith("smoke: ")
     with pytest.raises(SystemExit, match="far below the plan"):
-        ks.smoke_verdict(result, cpu=False, plan=1e9)
+        ks.smoke_verdict(result, cpu=True, plan=1e9)
 
 
 def test_fake_hub_records_the_upload_through_the_real_push(tiny_model_dir, tmp_path):

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from conftest import REPO, make_subset, tiny_args
 
+from inference import layout
 from inference.image import normalize
 from inference.model import CLASSES, MelanomaModel, probabilities
 from train.data import LesionDataset, collate, load_sources
@@ -102,23 +106,37 @@ def slow_finalize(*args, **kwargs):
     return real_finalize(*args, **kwargs)
 
 loop.finalize = slow_finalize
+# The time limit, made deterministic: it "expires" before fold STOP_AT, after the earlier folds are done.
+real_train_fold = loop.train_fold
+loop.train_fold = lambda *args: "time_limit" if args[4] == {stop_at} else real_train_fold(*args)
 sys.exit(loop.main(sys.argv[1:]))
 """
 
 
-def test_a_finalize_longer_than_the_collective_timeout_still_ends_complete(data_dir, tmp_path):
+@pytest.mark.parametrize("outcome", ["complete", "time_limit"])
+def test_a_finalize_longer_than_the_collective_timeout_still_ends_as_the_run_did(data_dir, tmp_path, outcome):
     """Rank 0 works alone after the folds (OOF table, guard fit, ONNX export, push): no other rank may wait in a
-    collective meanwhile, or the collective timeout kills it and the launcher the run (status.json: running)."""
+    collective meanwhile (the collective timeout kills it), or exit non-zero (the launcher then stops rank 0);
+    either way the run died with status.json saying "running"."""
     isic, ham = make_subset(tmp_path / "data", data_dir, isic_benign=40, ham_per_dx=8)
     out = tmp_path / "run"
     script = tmp_path / "slow_finalize.py"
-    script.write_text(SLOW_FINALIZE.format(timeout=3))
+    script.write_text(SLOW_FINALIZE.format(timeout=3, stop_at=1 if outcome == "time_limit" else -1))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "yes"}
+    folds = "[0, 1]" if outcome == "time_limit" else "[0]"
+    with socket.socket() as s:  # a free port: another job's ranks may be waiting on the default one
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-                           *tiny_args(isic, ham, out, epochs=1, train_folds="[0]")],
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", port, str(script),
+                           *tiny_args(isic, ham, out, epochs=1, train_folds=folds)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    status = json.loads((out / "status.json").read_text())
-    assert status["status"] == "complete" and status["processes"] == 2
-    assert (out / "model" / "model.onnx").is_file() and status["model_dir"] == str(out / "model")
+    status = json.loads((out / layout.STATUS).read_text())
+    assert status["status"] == outcome and status["processes"] == 2, done.stderr[-3000:]
+    assert (out / layout.MODEL_DIR / layout.ONNX).is_file() and status["model_dir"] == str(out / layout.MODEL_DIR)
+    assert status["folds_done"] == [0]
+    # the launcher's exit code: 0, or 1 for a clean time-limit stop (rank 0 exits 75; the notebook reads status.json)
+    assert done.returncode == (0 if outcome == "complete" else 1), done.stderr[-3000:]
+    if outcome == "time_limit":
+        assert "(exitcode: 75)" in done.stderr and not re.search(r"rank\s*: 1 \(local_rank", done.stderr)  # rank 0 only

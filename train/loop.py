@@ -250,4 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
-    return 0 if result["status"] == "complete" else EXIT_TIME_LIMIT
+    # Only rank 0 says how the run ended. The other ranks' part is over once the process group has ended, and a
+    # non-zero exit from one of them would make the launcher stop rank 0 in the middle of its finalize.
+    return EXIT_TIME_LIMIT if rank == 0 and result["status"] == "time_limit" else 0
