@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -281,14 +282,22 @@ def resume(input_root: str | Path, working: str | Path, run_name: str) -> tuple[
 
 # --- launching and the outcome --------------------------------------------------------------------------------
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch_command(code: Path, cpu: bool, processes: int) -> tuple[list[str], dict]:
     """`accelerate launch` with one process per GPU (fp16), or real CPU processes (gloo) for the rehearsal:
-    `--cpu --num_processes 2` would start ONE process; --multi_gpu with ACCELERATE_USE_CPU=yes starts real ranks."""
+    `--cpu --num_processes 2` would start ONE process; --multi_gpu with ACCELERATE_USE_CPU=yes starts real ranks.
+    The ranks meet on a free port, not the default 29500: on a shared machine another job's ranks may be there."""
     env = {**os.environ, "PYTHONPATH": str(code), "TQDM_MININTERVAL": "30", "PYTHONUNBUFFERED": "1"}
     if cpu:
         env.update(ACCELERATE_USE_CPU="yes", OMP_NUM_THREADS="1")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes",
-              str(processes), "--mixed_precision", "no" if cpu else "fp16", "--dynamo_backend", "no"]
+              str(processes), "--mixed_precision", "no" if cpu else "fp16", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port())]
     return launch + (["--multi_gpu"] if processes > 1 else []), env
 
 
