@@ -106,6 +106,18 @@ def slow_finalize(*args, **kwargs):
     return real_finalize(*args, **kwargs)
 
 loop.finalize = slow_finalize
+# A rank that writes its checkpoint files after rank 0 has written its own: rank 0 must not rename the folder
+# under it.
+import os
+import accelerate.accelerator as accelerator_module
+real_save = accelerator_module.save_accelerator_state
+
+def late_save(*args, **kwargs):
+    if os.environ["RANK"] != "0":
+        time.sleep(TIMEOUT / 3)  # late, but inside the collective timeout
+    return real_save(*args, **kwargs)
+
+accelerator_module.save_accelerator_state = late_save
 # The time limit, made deterministic: it "expires" before fold STOP_AT, after the earlier folds are done.
 real_train_fold = loop.train_fold
 loop.train_fold = lambda *args: "time_limit" if args[4] == {stop_at} else real_train_fold(*args)
@@ -117,7 +129,8 @@ sys.exit(loop.main(sys.argv[1:]))
 def test_a_finalize_longer_than_the_collective_timeout_still_ends_as_the_run_did(data_dir, tmp_path, outcome):
     """Rank 0 works alone after the folds (OOF table, guard fit, ONNX export, push): no other rank may wait in a
     collective meanwhile (the collective timeout kills it), or exit non-zero (the launcher then stops rank 0);
-    either way the run died with status.json saying "running"."""
+    either way the run died with status.json saying "running". And a rank slower to write its part of a
+    checkpoint must find the folder still there."""
     isic, ham = make_subset(tmp_path / "data", data_dir, isic_benign=40, ham_per_dx=8)
     out = tmp_path / "run"
     script = tmp_path / "slow_finalize.py"

@@ -88,6 +88,7 @@ def save_epoch(accelerator: Accelerator, cfg: Config, fs: FoldSetup, progress: F
     pending = checkpoint.begin(states, progress.epochs_done, main)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(pending.tmp))  # every process: accelerate saves per-process RNG states
+    accelerator.wait_for_everyone()  # every process's files are in before rank 0 renames the folder
     if main:
         if fs.ema is not None:
             fs.ema.save(pending.tmp)
