@@ -148,11 +148,11 @@ def install(code: Path, run_pip: bool = True) -> dict[str, str]:
     folds and training depend on them. Returns name → installed version."""
     pins = to_install(code)
     if run_pip:
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as held:
-            held.write("".join(f"{name}=={installed(name)}\n" for name in NOT_INSTALLED if installed(name)))
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", held.name,
-                        *(f"{k}=={v}" for k, v in pins.items())], check=True)
-        os.unlink(held.name)
+        with tempfile.TemporaryDirectory() as tmp:
+            held = Path(tmp) / "held.txt"  # what Kaggle ships of NOT_INSTALLED stays at its version
+            held.write_text("".join(f"{name}=={installed(name)}\n" for name in NOT_INSTALLED if installed(name)))
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c",
+                            str(held), *(f"{k}=={v}" for k, v in pins.items())], check=True)
     wrong = {name: installed(name) for name, pin in pins.items() if installed(name) != pin}
     if wrong:
         raise SystemExit("Not the pinned versions (folds and training depend on them): "
