@@ -16,6 +16,7 @@ GUARD_ARRAYS = "guard.safetensors"  # out-of-scope guard statistics (inference/g
 GUARD_JSON = "guard.json"
 OPERATING_POINTS = "operating_points.json"  # triage lines (inference/triage.py)
 METRICS = "metrics.json"
+PLOTS = ("roc.png", "reliability.png", "confusion_matrix.png", "training_curves.png")  # finalize draws them
 TRAINING_CONFIG = "training_config.yaml"  # the recipe that trained it
 # What serving downloads; the guard and operating-point files are optional (answers then say so).
 SERVED_FILES = (CONFIG, WEIGHTS, ONNX, CARD, GUARD_ARRAYS, GUARD_JSON, OPERATING_POINTS)

@@ -17,6 +17,7 @@ from conftest import REPO  # pytest puts tests/ on sys.path
 from skimage.data import astronaut, chelsea
 
 from inference import Predictor
+from inference import metadata as md
 from inference.guard import GUARD_ARRAYS, GUARD_JSON, Guard
 from inference.model import ModelConfig
 from inference.triage import OPERATING_POINTS, describe, triage
@@ -150,3 +151,20 @@ def test_half_a_guard_is_an_error_not_silence(fitted_tiny, tmp_path):
             shutil.copy(f, tmp_path)
     with pytest.raises(FileNotFoundError, match="only one of"):
         Predictor.from_pretrained(tmp_path)
+
+
+def test_guard_fit_embeds_in_batches_what_serving_computes_one_by_one(tiny_model_dir, isic_rows):
+    """The fit's batched loader path (torch, on the training device) must see each image as the Space does
+    (onnxruntime, one image at a time)."""
+    from train.fit_guard import embed_rows
+
+    predictor = Predictor.from_pretrained(tiny_model_dir)
+    rows = isic_rows.head(10).rename(columns={"age_approx": "age", "anatom_site_general_challenge": "site"})
+    embeddings, probs = embed_rows(MelanomaModel.from_pretrained(str(tiny_model_dir)), rows, batch_size=4,
+                                   num_workers=1)
+    assert embeddings.shape[0] == probs.shape[0] == 10
+    for i, row in enumerate(rows.to_dict("records")):
+        meta = md.encode(md.normalize(row["age"], row["sex"], None if pd.isna(row["site"]) else row["site"]))
+        p, (e,) = predictor.forward(predictor.model_input(row["path"])[None], meta[None], outputs=("logits", "embedding"))
+        np.testing.assert_allclose(embeddings[i], e[0], rtol=0, atol=1e-5)
+        assert abs(probs[i] - float(p[0, predictor.classes.index("mel")])) < 1e-6

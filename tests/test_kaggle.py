@@ -1,35 +1,42 @@
-"""The Kaggle side (issue 11): `notebooks/kaggle.py push` stages what a Kaggle user can push unchanged, the
-notebook's own cells choose code, data and outcome deterministically, and `rehearse` runs the notebook end to
-end (three papermill executions, 2 CPU processes, a fake Hub).
+"""The Kaggle side: `notebooks/kaggle.py push` stages what Kaggle accepts and says "pushed" only when it is;
+the notebook's helpers (notebooks/kaggle_session.py) choose code, data, what to install and the outcome
+deterministically, in the mount layouts Kaggle has; `rehearse` runs the notebook end to end inside a
+Kaggle-image environment (three papermill sessions, 2 CPU processes, a fake Hub).
 
-Fast tests first; `test_rehearsal_*` takes ~3 minutes here. Run with `python -m pytest -m kaggle`.
+Fast tests first; the rehearsal takes several minutes (more the first time: it builds the environment).
+Run with `python -m pytest -m kaggle`.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO
 
+sys.path.insert(0, str(REPO / "notebooks"))
+import kaggle_env  # noqa: E402
+import kaggle_push  # noqa: E402
+import kaggle_rehearse  # noqa: E402
+import kaggle_session as ks  # noqa: E402
+
+from inference import layout  # noqa: E402
+
 pytestmark = pytest.mark.kaggle
 
 SCRIPT = REPO / "notebooks" / "kaggle.py"
 NOTEBOOK = REPO / "notebooks" / "melanoma_train_kaggle.ipynb"
 KAGGLE_CONFIG = REPO / "train" / "configs" / "kaggle_2xT4.yaml"
-
-_spec = importlib.util.spec_from_file_location("kaggle_notebook", SCRIPT)
-kg = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kg)
 
 
 def run_script(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -44,7 +51,7 @@ def cell(tag: str) -> str:
     return "".join(found[0]["source"])
 
 
-# --- push ------------------------------------------------------------------------------------------------
+# --- push: staging ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
@@ -54,38 +61,38 @@ def dry_run(tmp_path_factory):
     return stage, done.stdout
 
 
-def test_dry_run_stages_the_code_dataset_with_code_and_no_data(dry_run):
+def test_dry_run_stages_the_code_as_one_zip_with_code_and_no_data(dry_run):
     stage, _ = dry_run
     meta = json.loads((stage / "code-dataset" / "dataset-metadata.json").read_text())
     assert meta["id"] == "alice-k/melanoma-triage-code"
     assert 6 <= len(meta["title"]) <= 50 and 6 <= len(meta["id"].split("/")[1]) <= 50  # the kaggle CLI's rules
     assert len(meta["licenses"]) == 1 and 20 <= len(meta["subtitle"]) <= 80
-    root = stage / "code-dataset" / "melanoma-triage"
-    files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-    for needed in ("train/__main__.py", "train/loop.py", "inference/__init__.py", "notebooks/kaggle.py",
-                   "notebooks/melanoma_train_kaggle.ipynb", "train/configs/kaggle_2xT4.yaml", "bench/training.py",
-                   "requirements.txt", "requirements-train.txt", "CODE_VERSION.json"):
+    assert sorted(p.name for p in (stage / "code-dataset").iterdir()) == ["dataset-metadata.json", kaggle_push.CODE_ZIP]
+    with zipfile.ZipFile(stage / "code-dataset" / kaggle_push.CODE_ZIP) as archive:
+        files = set(archive.namelist())
+        version = json.loads(archive.read(ks.CODE_MARKER))
+    for needed in ("train/__main__.py", "train/loop.py", "inference/__init__.py", "inference/layout.py",
+                   "notebooks/kaggle_session.py", "notebooks/melanoma_train_kaggle.ipynb",
+                   "train/configs/kaggle_2xT4.yaml", "bench/training.py", "requirements.txt", "requirements-train.txt"):
         assert needed in files, needed
     assert not [f for f in files if f.startswith(("output/", "runs/", "input/")) or "/runs/" in f]
-    assert not [f for f in files if f.lower().endswith(kg.DATA_SUFFIXES)]  # no images, DICOMs or weights
-    assert sum((root / f).stat().st_size for f in files) < 3_000_000
-    assert json.loads((root / "CODE_VERSION.json").read_text())["git_commit"]
-    # only the metadata file and ONE folder at the top: the folder layout survives the zip upload
-    assert sorted(p.name for p in (stage / "code-dataset").iterdir()) == ["dataset-metadata.json", "melanoma-triage"]
+    assert not [f for f in files if f.lower().endswith(kaggle_push.DATA_SUFFIXES)]  # no images, DICOMs or weights
+    assert (stage / "code-dataset" / kaggle_push.CODE_ZIP).stat().st_size < 3_000_000
+    assert version["git_commit"]
 
 
 def test_dry_run_stages_a_kernel_with_the_right_ids_and_inputs(dry_run):
     stage, _ = dry_run
     text = (stage / "kernel" / "kernel-metadata.json").read_text()
-    assert kg.PLACEHOLDER not in text
+    assert kaggle_push.PLACEHOLDER not in text
     meta = json.loads(text)
     assert meta["id"] == "alice-k/melanoma-triage-train-2xt4"
     assert re.sub(r"[^a-z0-9]+", "-", meta["title"].lower()).strip("-") == meta["id"].split("/")[1]
-    side = kg.default_isic_side(yaml.safe_load(KAGGLE_CONFIG.read_text())["image_size"])
+    side = ks.default_isic_side(yaml.safe_load(KAGGLE_CONFIG.read_text())["image_size"])
     assert meta["dataset_sources"] == ["alice-k/melanoma-triage-code", f"cdeotte/jpeg-melanoma-{side}x{side}",
                                        "kmader/skin-cancer-mnist-ham10000"]
     assert meta["competition_sources"] == []  # unused, and it needs its rules accepted
-    assert meta["kernel_sources"] == []
+    assert meta["kernel_sources"] == [] and "docker_image_pinning_type" not in meta  # a first run: today's image
     assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_gpu"] and meta["enable_internet"]
     staged = json.loads((stage / "kernel" / meta["code_file"]).read_text())
     assert staged["cells"] == json.loads(NOTEBOOK.read_text())["cells"]
@@ -101,17 +108,30 @@ def test_hf_repo_is_written_into_the_staged_notebooks_settings(tmp_path):
                       "--stage", str(tmp_path)).returncode == 2
 
 
-def test_staged_metadata_passes_the_kaggle_clis_own_checks(dry_run, tmp_path):
+def test_resume_attaches_the_kernels_own_output_and_pins_its_image(tmp_path):
+    """Item 7: a resumed session must run the image the saved state was written with."""
+    done = run_script("push", "--username", "bob", "--dry-run", "--resume", "--no-run", "--stage", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"kaggle kernels push -p \S+ --no-run$", done.stdout, re.M)
+    meta = json.loads((tmp_path / "kernel" / "kernel-metadata.json").read_text())
+    assert meta["kernel_sources"] == ["bob/melanoma-triage-train-2xt4"]
+    assert meta["docker_image_pinning_type"] == "original"
+
+
+def test_staged_metadata_passes_the_kaggle_clis_own_checks(tmp_path):
     """The checks `kaggle kernels push` / `datasets create` make before they reach the network."""
-    stage, _ = dry_run
+    done = run_script("push", "--username", "alice-k", "--dry-run", "--resume", "--stage", str(tmp_path / "s"))
+    assert done.returncode == 0, done.stderr
+    stage = tmp_path / "s"
     code = f"""
 import json
 from kaggle.api.kaggle_api_extended import KaggleApi
 api = KaggleApi.__new__(KaggleApi)
 kernel = json.load(open({str(stage / 'kernel' / 'kernel-metadata.json')!r}))
 assert kernel["language"] in api.valid_push_language_types and kernel["kernel_type"] in api.valid_push_kernel_types
+assert kernel["docker_image_pinning_type"] in api.valid_push_pinning_types
 api.validate_kernel_string(kernel["id"])
-for source in kernel["dataset_sources"]:
+for source in kernel["dataset_sources"] + kernel["kernel_sources"]:
     api.validate_dataset_string(source)
 dataset = json.load(open({str(stage / 'code-dataset' / 'dataset-metadata.json')!r}))
 api.validate_dataset_string(dataset["id"])
@@ -126,16 +146,8 @@ print("valid")
 
 def test_dry_run_prints_the_exact_kaggle_commands(dry_run):
     stage, out = dry_run
-    assert re.search(rf"kaggle datasets create -p {re.escape(str(stage / 'code-dataset'))} --dir-mode zip$", out, re.M)
+    assert re.search(rf"kaggle datasets create -p {re.escape(str(stage / 'code-dataset'))}$", out, re.M)
     assert re.search(rf"kaggle kernels push -p {re.escape(str(stage / 'kernel'))}$", out, re.M)
-
-
-def test_resume_attaches_the_kernels_own_output(tmp_path):
-    done = run_script("push", "--username", "bob", "--dry-run", "--resume", "--no-run", "--stage", str(tmp_path))
-    assert done.returncode == 0, done.stderr
-    assert re.search(r"kaggle kernels push -p \S+ --no-run$", done.stdout, re.M)
-    meta = json.loads((tmp_path / "kernel" / "kernel-metadata.json").read_text())
-    assert meta["kernel_sources"] == ["bob/melanoma-triage-train-2xt4"]
 
 
 def test_code_files_are_what_git_would_commit_minus_runs_models_and_data(tmp_path):
@@ -150,7 +162,7 @@ def test_code_files_are_what_git_would_commit_minus_runs_models_and_data(tmp_pat
     subprocess.run(git + ["add", "train", "inference", ".gitignore", "output", "docs", "gone.py"], cwd=repo, check=True)
     subprocess.run(git + ["commit", "-qm", "x"], cwd=repo, check=True)
     (repo / "gone.py").unlink()
-    assert kg.code_files(repo) == [".gitignore", "inference/__init__.py", "new_module.py", "train/__main__.py"]
+    assert kaggle_push.code_files(repo) == [".gitignore", "inference/__init__.py", "new_module.py", "train/__main__.py"]
 
 
 def test_push_without_credentials_says_how_to_get_them_in_one_line(tmp_path):
@@ -168,15 +180,15 @@ def test_credentials_are_found_where_kaggle_2_looks(tmp_path, monkeypatch):
         monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
-    assert kg.kaggle_credentials() is None
+    assert kaggle_push.kaggle_credentials() is None
     (tmp_path / ".config" / "kaggle").mkdir(parents=True)
     (tmp_path / ".config" / "kaggle" / "kaggle.json").write_text('{"username": "a", "key": "k"}')
-    assert kg.kaggle_credentials().endswith(".config/kaggle/kaggle.json")
+    assert kaggle_push.kaggle_credentials().endswith(".config/kaggle/kaggle.json")
     (tmp_path / ".kaggle").mkdir()
     (tmp_path / ".kaggle" / "access_token").write_text("KGAT_x\n")
-    assert kg.kaggle_credentials().endswith(".kaggle/access_token")
+    assert kaggle_push.kaggle_credentials().endswith(".kaggle/access_token")
     monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_y")
-    assert kg.kaggle_credentials() == "KAGGLE_API_TOKEN"
+    assert kaggle_push.kaggle_credentials() == "KAGGLE_API_TOKEN"
 
 
 def test_bad_username_is_one_clear_line():
@@ -184,142 +196,267 @@ def test_bad_username_is_one_clear_line():
     assert done.returncode == 2 and done.stderr.startswith("error: --username") and "Traceback" not in done.stderr
 
 
-# --- the notebook's choices ---------------------------------------------------------------------------------
+# --- push: honest about what Kaggle did (item 4) ----------------------------------------------------------------
 
-def _isic_folder(folder: Path, data_dir: Path, images: str = "train") -> None:
-    folder.mkdir(parents=True)
-    (folder / "train.csv").write_text((data_dir / "isic2020" / "train.csv").read_text())
-    (folder / images).parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(data_dir / "isic2020" / "train", folder / images)
+FAKE_KAGGLE = """#!{python}
+# Answers as kaggle 2.2.5 does (its own wording); logs every call. The dataset is processed after `ready_after`
+# status calls; `kernels push` names it an invalid source if it was pushed before the dataset was ready.
+import json, sys
+from pathlib import Path
+state_file = Path({state!r})
+state = json.loads(state_file.read_text())
+args = sys.argv[1:]
+state["calls"].append(" ".join(args[:2]))
+if args[:2] == ["datasets", "status"]:
+    if state["version"] is None:
+        state_file.write_text(json.dumps(state)); print("404 Client Error: Not Found"); sys.exit(1)
+    state["polls"] += 1
+    ready = state["polls"] > state["ready_after"]
+    state["ready"] = ready
+    print(json.dumps({{"status": "ready" if ready else "pending", "current_version_number": state["version"]}}))
+elif args[:2] in (["datasets", "create"], ["datasets", "version"]):
+    state["version"] = (state["version"] or 0) + 1
+    state["ready"], state["polls"] = False, 0
+    print("Dataset version is being created. Please check progress at https://www.kaggle.com/datasets/u/c")
+elif args[:2] == ["kernels", "push"]:
+    if not state["ready"]:
+        print("The following are not valid dataset sources and could not be added to the kernel: ['u/c']")
+    print("Kernel version 1 successfully pushed.  Please check progress at https://www.kaggle.com/code/u/k")
+state_file.write_text(json.dumps(state))
+"""
 
 
-def _competition(folder: Path, data_dir: Path, with_jpeg: bool) -> None:
-    (folder / "train").mkdir(parents=True)
-    (folder / "train.csv").write_text((data_dir / "isic2020" / "train.csv").read_text())
-    for i in range(5):
-        (folder / "train" / f"ISIC_{i:07d}.dcm").write_bytes(b"\0" * 128 + b"DICM")
-    if with_jpeg:
-        (folder / "jpeg").mkdir()
-        os.symlink(data_dir / "isic2020" / "train", folder / "jpeg" / "train")
+def fake_kaggle(tmp_path: Path, version: int | None, ready_after: int) -> tuple[str, Path]:
+    state = tmp_path / "kaggle-state.json"
+    state.write_text(json.dumps({"calls": [], "version": version, "ready": version is not None, "polls": 0,
+                                 "ready_after": ready_after}))
+    exe = tmp_path / "kaggle"
+    exe.write_text(FAKE_KAGGLE.format(python=sys.executable, state=str(state)))
+    exe.chmod(0o755)
+    return str(exe), state
 
 
-def test_data_choice_prefers_resized_jpegs_over_the_dicom_competition_folder(tmp_path, data_dir):
-    # Kaggle's newer mounts put competitions/ before datasets/: a search that sorts paths, or trusts any
-    # train/ folder, picks the competition, whose train/ holds DICOMs.
+def test_push_waits_for_the_new_dataset_version_before_pushing_the_kernel(tmp_path, capsys):
+    exe, state = fake_kaggle(tmp_path, version=3, ready_after=2)
+    waits = []
+    kaggle_push.push(exe, tmp_path, tmp_path, "u/c", "code abc", no_run=True, sleep=waits.append)
+    calls = json.loads(state.read_text())["calls"]
+    assert calls == ["datasets status", "datasets version", "datasets status", "datasets status", "datasets status",
+                     "kernels push"]
+    assert len(waits) == 2 and "version 4 is ready" in capsys.readouterr().out
+
+
+def test_push_fails_in_one_line_when_the_cli_says_the_kernel_cannot_see_its_code(tmp_path, monkeypatch):
+    """kaggle 2.2.5 prints "not valid dataset sources" and exits 0: the output decides, not the exit code."""
+    exe, state = fake_kaggle(tmp_path, version=None, ready_after=0)
+    monkeypatch.setattr(kaggle_push, "wait_until_ready", lambda *a, **k: 1)  # the old push: no wait
+    with pytest.raises(kaggle_push.KaggleCliError) as err:
+        kaggle_push.push(exe, tmp_path, tmp_path, "u/c", "code abc", no_run=False)
+    message = str(err.value)
+    assert "not valid dataset sources" in message and "push again" in message and "\n" not in message
+    assert json.loads(state.read_text())["calls"][-1] == "kernels push"
+
+
+def test_waiting_for_the_dataset_gives_up_with_what_to_do(tmp_path):
+    exe, _ = fake_kaggle(tmp_path, version=1, ready_after=10**6)
+    ticks = iter(range(0, 10**6, 100))
+    with pytest.raises(kaggle_push.KaggleCliError, match="not ready after .* then push again"):
+        kaggle_push.wait_until_ready(exe, "u/c", before=0, timeout=250, sleep=lambda s: None,
+                                     clock=lambda: next(ticks))
+
+
+# --- the notebook's choices: code, layouts, what to install ------------------------------------------------------
+
+def unpack(code_zip: Path, dataset: Path, where: str) -> Path:
+    """The zip `push` uploads, unpacked the two ways Kaggle has been seen to (item 6)."""
+    target = dataset / Path(kaggle_push.CODE_ZIP).stem if where == "folder" else dataset
+    with zipfile.ZipFile(code_zip) as archive:
+        archive.extractall(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def code_zip(tmp_path_factory) -> Path:
+    return kaggle_push.stage_code("alice", tmp_path_factory.mktemp("code")) / kaggle_push.CODE_ZIP
+
+
+@pytest.mark.parametrize("where", ["folder", "root"])
+def test_the_code_dataset_wins_over_an_earlier_output_in_the_current_layout(tmp_path, code_zip, where):
+    """Items 5 and 6: datasets/<owner>/<slug> and notebooks/<owner>/<slug>, the zip unpacked either way."""
     root = tmp_path / "input"
-    _competition(root / "competitions" / "siim-isic-melanoma-classification", data_dir, with_jpeg=True)
-    _isic_folder(root / "datasets" / "cdeotte" / "jpeg-melanoma-512x512", data_dir)
-    _isic_folder(root / "datasets" / "cdeotte" / "jpeg-melanoma-256x256", data_dir)
-    chosen, lines = kg.choose_isic(root, 384)
-    assert chosen == str(root / "datasets" / "cdeotte" / "jpeg-melanoma-512x512")  # smallest side >= 384
-    assert lines[0].startswith(f"ISIC 2020: {chosen} (resized JPEG")
-    assert any("not chosen" in line and "siim-isic" in line and "competition" in line for line in lines)
-    assert kg.choose_isic(root, 256)[0] == str(root / "datasets" / "cdeotte" / "jpeg-melanoma-256x256")
-    assert "kg.choose_isic(INPUT_ROOT, IMAGE_SIZE)" in cell("data")  # the notebook uses exactly this
-
-
-def test_data_choice_skips_a_train_folder_of_dicoms_and_says_so(tmp_path, data_dir):
-    root = tmp_path / "input"
-    _competition(root / "siim-isic-melanoma-classification", data_dir, with_jpeg=False)
-    with pytest.raises(SystemExit, match="cdeotte/jpeg-melanoma-384x384"):
-        kg.choose_isic(root, 384)
-    _isic_folder(root / "jpeg-melanoma-256x256", data_dir)
-    chosen, lines = kg.choose_isic(root, 384)
-    assert chosen == str(root / "jpeg-melanoma-256x256")
-    assert any(line.startswith("  skipped:") and "DICOM" in line for line in lines)
-
-
-def _run_cell(tag: str, namespace: dict) -> dict:
-    exec(compile(cell(tag), f"<notebook cell {tag}>", "exec"), namespace)
-    return namespace
-
-
-def test_code_choice_the_code_dataset_wins_over_an_earlier_output(tmp_path, capsys):
-    root = tmp_path / "input"
-    staged = kg.stage_code("alice", tmp_path / "stage")
-    # An earlier output sorts first by path, and holds code/ beside its runs/ and session.json.
-    output = root / "a-melanoma-triage-train-2xt4"
-    shutil.copytree(staged / "melanoma-triage", output / "code")
+    output = root / "notebooks" / "alice" / "melanoma-triage-train-2xt4"  # an earlier output: code/ beside runs/
+    unpack(code_zip, output, "root").rename(output.parent / "tmp")
+    output.mkdir(parents=True)
+    (output.parent / "tmp").rename(output / "code")
     (output / "runs").mkdir()
-    (output / "session.json").write_text("{}")
-    shutil.copytree(staged / "melanoma-triage", root / "melanoma-triage-code" / "melanoma-triage")
+    (output / ks.SESSION_FILE).write_text("{}")
+    dataset = unpack(code_zip, root / "datasets" / "alice" / "melanoma-triage-code", where)
     working = tmp_path / "working"
     working.mkdir()
-    ns = _run_cell("find-code", {"INPUT_ROOT": str(root), "WORKING": str(working)})
-    out = capsys.readouterr().out
-    assert ns["kind"] == 0 and ns["source"] == str(root / "melanoma-triage-code" / "melanoma-triage")
-    assert f"code: {ns['source']} (the code dataset" in out and f"not used: {output / 'code'}" in out
-    assert (working / "code" / "train" / "__main__.py").is_file() and (working / "session.json").is_file()
-    assert ns["kg"].choose_isic  # the helpers were imported from the chosen code
+    code, version, lines = ks.use_code(root, working)
+    assert code == working / "code" and (code / "train" / "__main__.py").is_file() and version["git_commit"]
+    assert lines[0].startswith(f"code: {dataset} (the code dataset") and f"not used: {output / 'code'}" in lines[1]
 
-    shutil.rmtree(root / "melanoma-triage-code")  # only the earlier output: its copy is used, and it says so
-    (tmp_path / "w2").mkdir()
-    ns = _run_cell("find-code", {"INPUT_ROOT": str(root), "WORKING": str(tmp_path / "w2")})
-    assert ns["source"] == str(output / "code") and "an earlier output" in capsys.readouterr().out
+    shutil.rmtree(root / "datasets")  # only the earlier output: its copy is used, and it says so
+    assert "an earlier output" in ks.use_code(root, working)[2][0]
 
 
 def test_no_code_attached_says_how_to_push_it(tmp_path):
     (tmp_path / "input").mkdir()
     with pytest.raises(SystemExit, match=r"kaggle\.py push --username"):
-        _run_cell("find-code", {"INPUT_ROOT": str(tmp_path / "input"), "WORKING": str(tmp_path)})
+        ks.use_code(tmp_path / "input", tmp_path)
+
+
+def test_no_search_finds_its_target_at_its_depth_limit_in_the_current_layout(tmp_path, code_zip):
+    """Item 5: a previous run at notebooks/<owner>/<slug>/runs/<name> sat exactly at the old max_depth=5."""
+    root = tmp_path / "input"
+    run = root / "notebooks" / "alice" / "melanoma-triage-train-2xt4" / "runs" / "kaggle_2xT4"
+    run.mkdir(parents=True)
+    (run / layout.RUN_CONFIG).write_text("seed: 1\n")
+    code = unpack(code_zip, root / "datasets" / "alice" / "melanoma-triage-code", "folder")
+    isic = root / "datasets" / "cdeotte" / "jpeg-melanoma-384x384"
+    isic.mkdir(parents=True)
+    found, _ = ks.choose_previous_run(root, "kaggle_2xT4")
+    assert found == run
+    depths = {folder: depth for folder, depth in ks.walk_dirs(root)}
+    assert max(depths[run], depths[code], depths[isic]) <= ks.SEARCH_DEPTH - 2  # room for one more level, and one
 
 
 def test_previous_run_is_found_by_run_name(tmp_path):
     for name, folds in (("a", 2), ("b", 1)):
         run = tmp_path / "input" / f"out-{name}" / "runs" / "kaggle_2xT4"
         run.mkdir(parents=True)
-        (run / "config.yaml").write_text("seed: 1\n")
+        (run / layout.RUN_CONFIG).write_text("seed: 1\n")
         for f in range(folds):
             (run / f"fold{f}").mkdir()
             (run / f"fold{f}" / "DONE").write_text("ok\n")
-    found, lines = kg.choose_previous_run(tmp_path / "input", "kaggle_2xT4")
+    found, lines = ks.choose_previous_run(tmp_path / "input", "kaggle_2xT4")
     assert found == tmp_path / "input" / "out-a" / "runs" / "kaggle_2xT4"  # the most folds done
-    assert kg.choose_previous_run(tmp_path / "input", "other")[0] is None
+    assert ks.choose_previous_run(tmp_path / "input", "other")[0] is None
+
+
+def test_the_notebook_installs_every_requirement_except_kaggles_torch_and_the_space_ui():
+    """Item 1: one source of truth. requirements-train.txt (and the requirements.txt it includes) is what the
+    notebook installs, less ks.NOT_INSTALLED."""
+    wanted = ks.requirement_pins(REPO / "requirements-train.txt")
+    assert "simplejpeg" in wanted and "accelerate" in wanted  # the -r include was followed
+    assert ks.to_install(REPO) == {k: v for k, v in wanted.items() if k not in ks.NOT_INSTALLED}
+    assert set(ks.NOT_INSTALLED) == {"torch", "torchvision", "gradio"}
+    assert "ks.install(CODE, run_pip=INSTALL)" in cell("install")
+
+
+def _third_party_imports(paths: list[Path]) -> dict[str, set[str]]:
+    """Top-level module → the files importing it, for every import in the files (function-level ones too)."""
+    first_party = {p.stem for p in REPO.glob("*.py")} | {p.parent.name for p in REPO.glob("*/__init__.py")} | {"bench"}
+    found: dict[str, set[str]] = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in first_party:
+                    found.setdefault(top, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_third_party_import_is_in_kaggles_image_or_installed_by_the_notebook():
+    """Item 1: simplejpeg was imported by inference/image.py, absent from Kaggle and not installed."""
+    available = kaggle_env.image_packages() | set(ks.to_install(REPO))
+    distributions = packages_distributions()
+    missing = {}
+    kaggle_runs = [*(REPO / "train").rglob("*.py"), *(REPO / "inference").rglob("*.py"), REPO / "bench" / "training.py"]
+    for module, files in _third_party_imports(kaggle_runs).items():
+        names = {kaggle_env.normalise(d) for d in distributions.get(module, [])}
+        assert names, f"{module} (imported by {sorted(files)}) is not installed here: add it to requirements*.txt"
+        if not names & available:
+            missing[module] = sorted(files)
+    assert missing == {}, f"neither on Kaggle nor installed by the notebook: {missing}"
+
+
+def test_the_rehearsal_environment_is_kaggles_versions_with_tensorflow_and_no_project_requirement():
+    """Items 1 and 3: Kaggle's pins (tensorboard and tensorflow among them), nothing from requirements*.txt."""
+    spec = kaggle_env.spec()
+    pins = dict(r.split("==") for r in spec["requirements"] if "==" in r)
+    assert spec["python"] == "3.12" and pins["torch"] == "2.10.0" and pins["torchvision"] == "0.25.0"
+    assert pins["numpy"] == "2.0.2" and pins["tensorflow"] == "2.20.0" and pins["tensorboard"] == "2.20.0"
+    assert "simplejpeg" not in " ".join(spec["requirements"] + spec["constraints"])  # not on Kaggle: not here
+    assert kaggle_env.env_dir().parent == kaggle_env.CACHE and re.fullmatch(r"kaggle-env-[0-9a-f]{16}",
+                                                                             kaggle_env.env_dir().name)
+
+
+def test_the_notebooks_helpers_need_only_the_standard_library():
+    """They run before anything is installed, and the rehearsal's driver runs in any Python."""
+    code = ("import sys; sys.path.insert(0, 'notebooks')\n"
+            "import kaggle_session, kaggle_push, kaggle_env, kaggle_rehearse, importlib.util\n"
+            "spec = importlib.util.spec_from_file_location('cli', 'notebooks/kaggle.py')\n"
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); print('ok')")
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=REPO, capture_output=True, text=True)  # -S: no
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]  # site-packages at all
+
+
+def test_notebook_cells_are_a_few_calls_each():
+    """Item 9: logic lives in notebooks/kaggle_session.py, where tests import it."""
+    nb = json.loads(NOTEBOOK.read_text())
+    for c in nb["cells"]:
+        if c["cell_type"] == "code":
+            code = [line for line in "".join(c["source"]).splitlines() if line.strip() and not line.startswith("#")]
+            assert len(code) <= 22, f"{c['metadata'].get('tags')}: {len(code)} lines of code"
+            assert not [n for n in ast.walk(ast.parse("".join(c["source"]))) if isinstance(n, (ast.For, ast.While))] \
+                or "parameters" in c["metadata"].get("tags", []) or "results" in c["metadata"].get("tags", [])
+
+
+def test_run_and_model_folder_names_are_spelled_only_in_inference_layout():
+    """Item 9: one module owns the layout; the others ask it."""
+    names = [layout.STATUS, layout.RUN_CONFIG, layout.FOLDS, layout.ONNX, layout.WEIGHTS, layout.METRICS,
+             layout.TRAINING_CONFIG, layout.LOGIT_PREFIX, *layout.PLOTS]
+    spelled = []
+    for path in [*(REPO / "train").rglob("*.py"), *(REPO / "notebooks").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    any(node.value == n or node.value.startswith(layout.LOGIT_PREFIX) for n in names):
+                spelled.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value!r}")
+    assert spelled == []
+
+
+def test_files_in_train_stay_within_300_lines_and_configs_quote_no_measured_figures():
+    assert {p.name: n for p in (REPO / "train").rglob("*.py") if (n := len(p.read_text().splitlines())) > 300} == {}
+    for config in (REPO / "train" / "configs").glob("*.yaml"):
+        assert not re.search(r"\d\s*(img|images)/s", config.read_text()), f"{config.name}: figures live in README"
+
+
+def test_the_recipes_fold_comment_says_what_the_code_does():
+    """Item 8: fold = tfrecord % 5 is the 1st place's "oldfold" option; their default mapped tfrecords to folds
+    with a lookup table."""
+    text = KAGGLE_CONFIG.read_text()
+    comment = text.split("fold_source: tfrecord", 1)[1].split("train_folds")[0]
+    assert "oldfold" in comment and "lookup table" in comment
+    import pandas as pd
+
+    from train.folds import assign_folds
+
+    frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(15)], "group": [f"p{k}" for k in range(15)],
+                          "source": "isic2020", "label": "nv", "target": 0, "tfrecord": range(15)})
+    assert assign_folds(frame, 5, 0, [], "tfrecord").tolist() == [k % 5 for k in range(15)]
 
 
 # --- outcome: status.json, never the launcher's exit code -----------------------------------------------------
 
 def test_time_limit_is_read_from_status_json_not_the_exit_code(tmp_path):
-    (tmp_path / "status.json").write_text(json.dumps({"status": "time_limit", "folds_done": [0], "model_dir": None}))
-    status = kg.read_status(tmp_path)
+    (tmp_path / layout.STATUS).write_text(json.dumps({"status": "time_limit", "folds_done": [0], "model_dir": None}))
+    status = ks.read_status(tmp_path)
     assert status["status"] == "time_limit" and status["folds_done"] == [0]
-    assert "kg.read_status(RUN_DIR)" in cell("train")
-    assert "returncode" not in cell("train").split("STATUS = ")[1].split("if STATUS")[0]
+    assert "run again with this output attached" in ks.outcome_message(status, tmp_path, 1.0, 1, "", tmp_path)
+    assert "STATUS = ks.read_status(RUN_DIR)" in cell("train")
 
 
 def test_status_running_after_the_launcher_ended_is_a_failure(tmp_path):
-    assert kg.read_status(tmp_path)["status"] == "failed"  # no marker at all: training never started
-    (tmp_path / "status.json").write_text(json.dumps({"status": "running", "folds_done": [], "model_dir": None}))
-    assert kg.read_status(tmp_path)["status"] == "failed"  # a crash after the folder was claimed
-
-
-# --- pins and the plan ------------------------------------------------------------------------------------------
-
-def _requirements() -> dict[str, str]:
-    pins = {}
-    for name in ("requirements.txt", "requirements-train.txt"):
-        for line in (REPO / name).read_text().splitlines():
-            found = re.match(r"([A-Za-z0-9_.\-]+)==([^\s#]+)", line.strip())
-            if found:
-                pins[found.group(1).lower().replace("_", "-")] = found.group(2)
-    return pins
-
-
-def test_notebook_pins_every_library_that_decides_folds_or_training_as_the_requirements_do():
-    tree = ast.parse(cell("pins"))
-    pins = next(ast.literal_eval(node.value) for node in tree.body
-                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PINS")
-    required = {"scikit-learn", "pandas", "numpy", "albumentations", "timm", "accelerate", "huggingface-hub", "onnx",
-                "onnxruntime"}
-    normalised = {k.lower().replace("_", "-"): v for k, v in pins.items()}
-    assert required <= set(normalised)
-    reqs = _requirements()
-    assert {k: v for k, v in normalised.items() if reqs.get(k) != v} == {}
-
-
-def test_the_rehearsal_checks_installed_versions_against_the_pins():
-    source = cell("pins")
-    assert "if INSTALL:" in source and "raise SystemExit" in source.split("if INSTALL:")[1]
+    assert ks.read_status(tmp_path)["status"] == "failed"  # no marker at all: training never started
+    (tmp_path / layout.STATUS).write_text(json.dumps({"status": "running", "folds_done": [], "model_dir": None}))
+    status = ks.read_status(tmp_path)
+    assert status["status"] == "failed"  # a crash after the folder was claimed
+    with pytest.raises(SystemExit, match="error: bad image.*run folder .* is kept"):
+        ks.outcome_message(status, tmp_path, 1.0, 1, "noise\nerror: bad image\n", tmp_path / "train.log")
 
 
 def test_kaggle_recipe_fits_one_session_on_paper():
@@ -336,51 +473,49 @@ def test_kaggle_recipe_fits_one_session_on_paper():
 
 def test_cpu_launch_starts_two_real_processes(tmp_path):
     """`accelerate launch --cpu --num_processes 2` runs ONE process; the notebook's CPU launch must run two."""
-    ns = _run_cell("launch", {"NUM_PROCESSES": 2, "CPU": True, "CODE": REPO, "ISIC_DIR": "x", "HAM_DIRS": [],
-                              "WORKING": str(tmp_path), "os": os, "sys": sys, "Path": Path,
-                              "subprocess": subprocess})
-    assert "--cpu" not in ns["LAUNCH"] and ns["ENV"]["ACCELERATE_USE_CPU"] == "yes"
+    launch, env = ks.launch_command(REPO, cpu=True, processes=2)
+    assert "--cpu" not in launch and env["ACCELERATE_USE_CPU"] == "yes"
     probe = tmp_path / "probe.py"
     probe.write_text("from accelerate import Accelerator\na = Accelerator()  # as training builds it\n"
                      "print(f'rank {a.process_index} of {a.num_processes} backend {a.state.backend}', flush=True)\n")
-    code, out = ns["run_logged"](ns["LAUNCH"] + [str(probe)], "probe.log")
+    code, out = ks.run_logged(launch + [str(probe)], tmp_path / "probe.log", REPO, env)
     assert code == 0, out
     assert sorted(re.findall(r"rank (\d) of 2 backend gloo", out)) == ["0", "1"], out
 
 
-def test_smoke_run_reports_per_process_rate_loader_wait_and_memory(tmp_path, data_dir):
-    inp = kg.build_input_tree(tmp_path, data_dir, isic_benign=30, ham_per_dx=6)  # real rows, symlinked images
-    isic, ham = inp / "jpeg-melanoma-256x256", inp / "skin-cancer-mnist-ham10000"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "yes", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def test_smoke_run_reports_per_process_rate_loader_wait_and_memory(tmp_path, data_dir, code_zip):
+    inp = kaggle_rehearse.build_input_tree(tmp_path, "current", code_zip, "folder", data=data_dir, isic_benign=30,
+                                           ham_per_dx=6)  # real rows, symlinked images
+    isic = kaggle_rehearse.mount(inp, "dataset", "current", *kaggle_rehearse.ISIC)
+    ham = kaggle_rehearse.mount(inp, "dataset", "current", *kaggle_rehearse.HAM)
+    launch, env = ks.launch_command(REPO, cpu=True, processes=2)
     out = tmp_path / "smoke.json"
-    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
-                           "--num_processes", "2", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           "bench/training.py", "--smoke", "--images", "64", "--json", str(out), "--device", "cpu",
-                           "--config", str(KAGGLE_CONFIG), "--backbone", "test_efficientnet", "--image_size", "64",
-                           "--batch_size", "8", "--num_workers", "1", "--mixed_precision", "no",
-                           "--isic_dirs", f"[{isic}]", "--ham_dirs", f"[{ham}]"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, text = ks.run_logged(launch + ["bench/training.py", "--smoke", "--images", "64", "--json", str(out),
+                                         "--device", "cpu", "--config", str(KAGGLE_CONFIG),
+                                         *ks.options({**kaggle_rehearse.TINY, "isic_dirs": [isic], "ham_dirs": [ham]})],
+                               tmp_path / "smoke.log", REPO, env)
+    assert code == 0, text[-3000:]
     result = json.loads(out.read_text())
     assert result["processes"] == 2 and sorted(r["rank"] for r in result["ranks"]) == [0, 1]
     for r in result["ranks"]:
         assert r["images_per_s"] > 0 and 0 <= r["loader_wait_share"] <= 1 and r["steps_timed"] >= 1
         assert r["peak_gpu_memory_gb"] is None  # CPU
-    assert "| process | images/s per process | loader wait share of step time |" in done.stdout
+    assert "| process | images/s per process | loader wait share of step time |" in text
+    assert ks.smoke_verdict(result, cpu=True, plan=0.0).startswith("smoke: ")
+    with pytest.raises(SystemExit, match="far below the plan"):
+        ks.smoke_verdict(result, cpu=True, plan=1e9)
 
 
 def test_fake_hub_records_the_upload_through_the_real_push(tiny_model_dir, tmp_path):
-    from train import publish
-
     model = tmp_path / "run" / "model"
     shutil.copytree(tiny_model_dir, model)
-    (model / "README.md").write_text("card")
-    (model / "metrics.json").write_text("{}")
-    sha = publish.push(model, "org/name", "token", api=kg.RecordingHubApi(tmp_path / "record.json"))
+    (model / layout.CARD).write_text("card")
+    (model / layout.METRICS).write_text("{}")
+    sha, line = ks.push_model(model, "org/name", "HF_TOKEN", fake_record=str(tmp_path / "record.json"))
     calls = json.loads((tmp_path / "record.json").read_text())["calls"]
     assert [c["call"] for c in calls] == ["create_repo", "upload_folder"]
-    assert calls[1]["repo_id"] == "org/name" and calls[1]["oid"] == sha
-    assert set(calls[1]["files"]) == {"config.json", "model.safetensors", "README.md", "metrics.json"}
+    assert calls[1]["repo_id"] == "org/name" and calls[1]["oid"] == sha and sha in line
+    assert set(calls[1]["files"]) == {layout.CONFIG, layout.WEIGHTS, layout.CARD, layout.METRICS}
     assert "Model from training run run" == calls[1]["commit_message"]
 
 
@@ -393,18 +528,21 @@ def test_rehearse_refuses_to_replace_a_folder_that_is_not_a_rehearsal(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
-def test_rehearsal_runs_the_notebook_three_times_and_passes(tmp_path):
+def test_rehearsal_runs_the_notebook_as_three_kaggle_sessions_in_kaggles_image_and_passes(tmp_path):
     out = tmp_path / "rehearsal"
-    done = run_script("rehearse", "--out", str(out), timeout=900)
+    done = run_script("rehearse", "--out", str(out), timeout=2400)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert re.search(r"^rehearsal: passed in \d+ s", done.stdout, re.M), done.stdout[-2000:]
-    assert "FAIL" not in done.stdout
+    report = json.loads((out / "rehearsal.json").read_text())
+    assert report["ok"] and not report["failures"] and all(c["ok"] for c in report["checks"])
+    assert report["python"].startswith("3.12.") and report["torch"].startswith("2.10.")
+    assert report["installed_by_notebook"]["simplejpeg"] == ks.to_install(REPO)["simplejpeg"]
+    assert report["installed_by_notebook"] == ks.to_install(REPO)
+    assert report["processes"] == 2 and report["code_delivery"] == "zip"
+    assert set(report["layouts"]) == {"current", "flat"} and set(report["code_unpacked"]) == {"folder", "root"}
+    assert [s["status"] for s in report["sessions"]] == ["complete", "time_limit", "complete"]
     uploads = [c for c in json.loads((out / "hub-record.json").read_text())["calls"] if c["call"] == "upload_folder"]
-    assert len(uploads) == 2 and all(kg.EXPECTED_UPLOAD <= set(u["files"]) for u in uploads)
-    working = out / "kaggle" / "working"
-    session = json.loads((working / "session.json").read_text())
-    assert session["status"] == "complete" and session["pushed"] == uploads[1]["oid"]
-    run2 = json.loads((out / "kaggle" / "input" / kg.KERNEL_SLUG / "session.json").read_text())
-    assert run2["status"] == "time_limit" and run2["pushed"] is None
+    assert len(uploads) == 2 and all(kaggle_rehearse.EXPECTED_UPLOAD <= set(u["files"]) for u in uploads)
     # the ISIC images of the rehearsal are symlinks into the shared data, never copies
-    assert (out / "kaggle" / "input" / "jpeg-melanoma-256x256" / "train").is_symlink()
+    assert (kaggle_rehearse.mount(out / "kaggle" / "input", "dataset", "current", *kaggle_rehearse.ISIC)
+            / "train").is_symlink()

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_cli, tiny_args
 
+from inference import layout
 from train.baselines import compare, isic_full, rescore, same_folds, tta_gain
 from train.errors import DataError
 from train.metrics import auc
@@ -36,7 +37,7 @@ def test_metadata_only_on_the_full_isic_csv(data_dir):
 
 def test_metadata_only_scores_exactly_the_runs_validation_rows(reference):
     run, _ = reference
-    folds = pd.read_csv(run / "folds.csv")
+    folds = pd.read_csv(run / layout.FOLDS)
     result = same_folds(run)
     assert result["n_images"] == len(folds)  # both folds trained: every row scored once, out of fold
     assert result["n_by_source"] == folds.source.value_counts().sort_index().to_dict()
@@ -44,7 +45,7 @@ def test_metadata_only_scores_exactly_the_runs_validation_rows(reference):
 
 def test_rescore_through_the_predictor_reproduces_the_training_metrics(reference):
     run, _ = reference
-    card = json.loads((run / "metrics.json").read_text())
+    card = json.loads((run / layout.METRICS).read_text())
     again = rescore(run)  # the published fold's model on its own validation fold, as the app scores
     oof = pd.read_csv(run / "oof_predictions.csv")
     published = oof[oof.fold == card["published_fold"]]
@@ -73,11 +74,11 @@ def test_compare_gives_the_paired_difference_and_refuses_different_folds(referen
                                                           fold.melanoma_probability.to_numpy()), abs=1e-3)
     shifted = tmp_path / "shifted"
     shifted.mkdir()
-    for name in ("folds.csv", "config.yaml"):
+    for name in (layout.FOLDS, layout.RUN_CONFIG):
         (shifted / name).write_bytes((other_run / name).read_bytes())
-    folds = pd.read_csv(shifted / "folds.csv")
+    folds = pd.read_csv(shifted / layout.FOLDS)
     folds.loc[0, "fold"] = 1 - folds.loc[0, "fold"]
-    folds.to_csv(shifted / "folds.csv", index=False)
+    folds.to_csv(shifted / layout.FOLDS, index=False)
     with pytest.raises(DataError, match="different folds"):
         compare(run, shifted)
 

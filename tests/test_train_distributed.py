@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from conftest import REPO, make_subset, tiny_args
 
+from inference import layout
 from inference.model import CLASSES, probabilities
 from train.epoch import batch_to_input
 from train.model import MelanomaModel
@@ -80,3 +84,73 @@ def test_two_processes_that_do_not_form_a_group_stop_and_both_say_why(data_dir, 
     assert len(errors) == 2 and any(e.startswith("error (rank 1): ") for e in errors), done.stderr[-3000:]
     assert all("ACCELERATE_USE_CPU=yes" in e for e in errors)
     assert not out.exists()  # nothing claimed
+
+
+SLOW_FINALIZE = """
+import sys, time
+from datetime import timedelta
+from functools import partial
+
+import accelerate
+from accelerate.utils import InitProcessGroupKwargs
+
+import train.loop as loop
+
+# A collective timeout of a few seconds (NCCL's is 10 minutes on Kaggle) and a finalize slower than that.
+TIMEOUT = {timeout}
+loop.Accelerator = partial(accelerate.Accelerator,
+                           kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=TIMEOUT))])
+real_finalize = loop.finalize
+
+def slow_finalize(*args, **kwargs):
+    time.sleep(3 * TIMEOUT)
+    return real_finalize(*args, **kwargs)
+
+loop.finalize = slow_finalize
+# A rank that writes its checkpoint files after rank 0 has written its own: rank 0 must not rename the folder
+# under it.
+import os
+import accelerate.accelerator as accelerator_module
+real_save = accelerator_module.save_accelerator_state
+
+def late_save(*args, **kwargs):
+    if os.environ["RANK"] != "0":
+        time.sleep(TIMEOUT / 3)  # late, but inside the collective timeout
+    return real_save(*args, **kwargs)
+
+accelerator_module.save_accelerator_state = late_save
+# The time limit, made deterministic: it "expires" before fold STOP_AT, after the earlier folds are done.
+real_train_fold = loop.train_fold
+loop.train_fold = lambda *args: "time_limit" if args[4] == {stop_at} else real_train_fold(*args)
+sys.exit(loop.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("outcome", ["complete", "time_limit"])
+def test_a_finalize_longer_than_the_collective_timeout_still_ends_as_the_run_did(data_dir, tmp_path, outcome):
+    """Rank 0 works alone after the folds (OOF table, guard fit, ONNX export, push): no other rank may wait in a
+    collective meanwhile (the collective timeout kills it), or exit non-zero (the launcher then stops rank 0);
+    either way the run died with status.json saying "running". And a rank slower to write its part of a
+    checkpoint must find the folder still there."""
+    isic, ham = make_subset(tmp_path / "data", data_dir, isic_benign=40, ham_per_dx=8)
+    out = tmp_path / "run"
+    script = tmp_path / "slow_finalize.py"
+    script.write_text(SLOW_FINALIZE.format(timeout=3, stop_at=1 if outcome == "time_limit" else -1))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "yes"}
+    folds = "[0, 1]" if outcome == "time_limit" else "[0]"
+    with socket.socket() as s:  # a free port: another job's ranks may be waiting on the default one
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", port, str(script),
+                           *tiny_args(isic, ham, out, epochs=1, train_folds=folds)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    status = json.loads((out / layout.STATUS).read_text())
+    assert status["status"] == outcome and status["processes"] == 2, done.stderr[-3000:]
+    assert (out / layout.MODEL_DIR / layout.ONNX).is_file() and status["model_dir"] == str(out / layout.MODEL_DIR)
+    assert status["folds_done"] == [0]
+    # the launcher's exit code: 0, or 1 for a clean time-limit stop (rank 0 exits 75; the notebook reads status.json)
+    assert done.returncode == (0 if outcome == "complete" else 1), done.stderr[-3000:]
+    if outcome == "time_limit":
+        assert "(exitcode: 75)" in done.stderr and not re.search(r"rank\s*: 1 \(local_rank", done.stderr)  # rank 0 only

@@ -22,7 +22,7 @@ from conftest import REPO, run_cli, start_cli, tiny_args
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from inference import Predictor
+from inference import Predictor, layout
 from inference.model import CLASSES
 
 # Timing values (images/s, seconds) legitimately differ between runs; everything else must not.
@@ -30,24 +30,24 @@ TIMING_KEYS = {"train_images_per_s_mean"}
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
+    return load_file(str(folder / layout.WEIGHTS))
 
 
 def _metrics(run: Path) -> dict:
-    m = json.loads((run / "metrics.json").read_text())
+    m = json.loads((run / layout.METRICS).read_text())
     return {k: v for k, v in m.items() if k not in TIMING_KEYS}
 
 
 def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
     run, done = reference
-    for name in ("config.yaml", "folds.csv", "oof_predictions.csv", "metrics.json", "log.csv"):
+    for name in (layout.RUN_CONFIG, layout.FOLDS, "oof_predictions.csv", layout.METRICS, "log.csv"):
         assert (run / name).is_file(), name
-    model = run / "model"
-    for name in ("config.json", "model.safetensors", "model.onnx", "README.md", "metrics.json", "training_config.yaml",
-                 "roc.png", "reliability.png", "confusion_matrix.png", "training_curves.png"):
+    model = run / layout.MODEL_DIR
+    for name in (layout.CONFIG, layout.WEIGHTS, layout.ONNX, layout.CARD, layout.METRICS, layout.TRAINING_CONFIG,
+                 *layout.PLOTS):
         assert (model / name).is_file() and (model / name).stat().st_size > 0, name
 
-    folds = pd.read_csv(run / "folds.csv")
+    folds = pd.read_csv(run / layout.FOLDS)
     oof = pd.read_csv(run / "oof_predictions.csv")
     assert len(oof) == len(folds) and oof.image_id.is_unique  # both folds trained: every image scored once
     assert set(oof.source) == {"isic2020", "ham10000"}
@@ -55,7 +55,7 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
     # no patient/lesion group in two folds
     assert (folds.groupby("merged_group").fold.nunique() == 1).all()
 
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / layout.METRICS).read_text())
     for key in ("melanoma_auc", "melanoma_auc_isic2020", "melanoma_auc_ham10000", "melanoma_pauc_above_80_tpr",
                 "sensitivity_at_90_specificity", "sensitivity_at_95_specificity", "malignant_auc",
                 "diagnosis_balanced_accuracy", "diagnosis_weighted_f1", "ece_before_temperature",
@@ -72,7 +72,7 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
     assert metrics["complete"] is True and metrics["folds_trained"] == [0, 1]
 
     # the temperature fitted on OOF logits is in the saved config, and the Space's Predictor loads the folder
-    config = json.loads((model / "config.json").read_text())
+    config = json.loads((model / layout.CONFIG).read_text())
     assert config["temperature"] == pytest.approx(metrics["temperature"])
     predictor = Predictor.from_pretrained(model)  # model.onnx was exported beside the weights
     image = pd.read_csv(subset[0] / "train.csv").image_name.iloc[0]
@@ -80,7 +80,7 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
     assert 0.0 <= answer["melanoma_probability"] <= 1.0
     assert not any(k.startswith("module.") for k in _weights(model))
 
-    card = ModelCard.load(model / "README.md")  # the Hub's own parser reads the metadata back
+    card = ModelCard.load(model / layout.CARD)  # the Hub's own parser reads the metadata back
     assert card.data.license == "cc-by-nc-4.0" and "melanoma" in card.data.tags and card.data.datasets
     assert card.data.base_model is None  # backbone_weights none: no ImageNet model to name
     reported = {r.metric_name: r.metric_value for r in card.data.eval_results}
@@ -94,16 +94,15 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
     expressions = " ".join(re.findall(r"{{.*?}}|{%.*?%}", template, flags=re.S))
     assert set(re.findall(r"metrics\.(\w+)", expressions)) <= set(metrics)
     # the published model got its out-of-scope guard and triage lines from its own rows, and the card says so
-    for name in ("guard.safetensors", "guard.json", "operating_points.json", "folds.csv"):
+    for name in (layout.GUARD_ARRAYS, layout.GUARD_JSON, layout.OPERATING_POINTS, layout.FOLDS):
         assert (model / name).is_file(), name
     assert "Triage bands" in card.text and "This model has no guard statistics" not in card.text
     assert predictor.predict(subset[0] / "train" / f"{image}.jpg")["triage"]["band"] in ("low", "intermediate", "high")
-    for text in ("not a medical device", "roc.png", "reliability.png", "confusion_matrix.png",
-                 "training_curves.png", "HAM10000", "ISIC 2020", "non-commercial", "Limitations",
+    for text in ("not a medical device", *layout.PLOTS, "HAM10000", "ISIC 2020", "non-commercial", "Limitations",
                  "Differential diagnosis on HAM10000 rows"):
         assert text in card.text, text
     assert "Traceback" not in done.stderr
-    assert json.loads((run / "status.json").read_text())["status"] == "complete"
+    assert json.loads((run / layout.STATUS).read_text())["status"] == "complete"
     # the class × source table, and the warning for a class only one source supplies (ISIC 2020's unknowns)
     assert "class × source:" in done.stdout and "ham10000" in done.stdout
     assert "warning: class 'benign_unspecified' comes from one source only (isic2020)" in done.stdout
@@ -120,7 +119,7 @@ def _kill_after_first_epoch(args: list[str], out: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+    assert not (out / layout.MODEL_DIR).exists() and not (out / layout.METRICS).exists()
 
 
 def test_killed_after_first_epoch_then_resumed_matches_uninterrupted_run(reference, subset, tmp_path):
@@ -133,7 +132,7 @@ def test_killed_after_first_epoch_then_resumed_matches_uninterrupted_run(referen
     # Bitwise equal: CPU kernels are deterministic for a fixed thread count, the state restores weights,
     # AdamW moments, scheduler and RNG streams exactly, and augmentation is seeded by (seed, epoch, row).
     # So the tightest tolerance holds: exact equality, for weights and for every non-timing metric.
-    ref, got = _weights(ref_run / "model"), _weights(out / "model")
+    ref, got = _weights(ref_run / layout.MODEL_DIR), _weights(out / layout.MODEL_DIR)
     assert ref.keys() == got.keys()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert _metrics(out) == _metrics(ref_run)
@@ -152,8 +151,8 @@ def test_the_weight_average_is_published_and_survives_a_resume(reference, subset
     assert (out / "fold0" / "states" / "epoch-001" / "ema.safetensors").is_file()
     done = run_cli(tiny_args(*subset, out, **options) + ["--resume"])
     assert done.returncode == 0, done.stderr[-3000:]
-    averaged, resumed, plain = (_weights(folder) for folder in (tmp_path / "whole" / "model", out / "model",
-                                                                  ref_run / "fold0" / "best"))
+    averaged, resumed, plain = (_weights(folder) for folder in (tmp_path / "whole" / layout.MODEL_DIR,
+                                                                out / layout.MODEL_DIR, ref_run / "fold0" / "best"))
     assert all(torch.equal(averaged[k], resumed[k]) for k in averaged)
     assert not all(torch.equal(averaged[k], plain[k]) for k in averaged)
     assert _metrics(out) == _metrics(tmp_path / "whole")
@@ -183,7 +182,7 @@ def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_complete_on
     assert done.returncode == 0, done.stderr[-3000:]
     assert "removed incomplete state(s) epoch-002" in done.stdout
     assert "epoch-001 (epoch 1 done)" in done.stdout
-    ref, got = _weights(ref_run / "model"), _weights(out / "model")
+    ref, got = _weights(ref_run / layout.MODEL_DIR), _weights(out / layout.MODEL_DIR)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
@@ -229,9 +228,9 @@ def test_push_uploads_the_complete_model_folder_in_one_commit(fake_hub, subset, 
     uploads = [c for c in fake_hub.calls if c[0] == "upload_folder"]
     assert len(uploads) == 1
     _, repo, folder, files, _ = uploads[0]
-    assert repo == "someone/melanoma-test" and Path(folder) == out / "model"
-    assert {"config.json", "model.safetensors", "model.onnx", "README.md", "metrics.json", "training_config.yaml", "roc.png",
-            "reliability.png", "confusion_matrix.png", "training_curves.png"} <= set(files)
+    assert repo == "someone/melanoma-test" and Path(folder) == out / layout.MODEL_DIR
+    assert {layout.CONFIG, layout.WEIGHTS, layout.ONNX, layout.CARD, layout.METRICS, layout.TRAINING_CONFIG,
+            *layout.PLOTS} <= set(files)
     assert "0123456789abcdef0123456789abcdef01234567" in capsys.readouterr().out
 
 
@@ -257,7 +256,7 @@ def test_nan_loss_stops_keeps_last_good_state_and_never_pushes(fake_hub, subset,
     assert code != 0
     assert "NaN" in capsys.readouterr().err
     assert (out / "fold0" / "states" / "epoch-001" / "COMPLETE").is_file()
-    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+    assert not (out / layout.MODEL_DIR).exists() and not (out / layout.METRICS).exists()
     assert not any(c[0] == "upload_folder" for c in fake_hub.calls)
 
 
@@ -268,10 +267,10 @@ def test_time_limit_stops_cleanly_and_resume_finishes(subset, tmp_path, capsys):
     args = tiny_args(*subset, out, epochs=1, train_folds="[0]")
     assert main(args + ["--time_limit", "0.001"]) == EXIT_TIME_LIMIT
     assert "time limit" in capsys.readouterr().out
-    assert not (out / "model").exists()
+    assert not (out / layout.MODEL_DIR).exists()
     # the marker the Kaggle notebook reads (the launcher's exit code cannot tell a clean stop from a crash)
-    assert json.loads((out / "status.json").read_text()) == {
+    assert json.loads((out / layout.STATUS).read_text()) == {
         "status": "time_limit", "folds_done": [], "model_dir": None, "commit": None, "processes": 1}
     assert main(args + ["--resume"]) == 0
-    assert (out / "model" / "model.safetensors").is_file()
-    assert json.loads((out / "status.json").read_text())["status"] == "complete"
+    assert (out / layout.MODEL_DIR / layout.WEIGHTS).is_file()
+    assert json.loads((out / layout.STATUS).read_text())["status"] == "complete"

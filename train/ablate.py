@@ -22,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from inference.layout import METRICS, MODEL_DIR, STATUS
+
 from .baselines import compare
 from .errors import ConfigError, DataError
 
@@ -69,7 +71,7 @@ def against(plan: dict, name: str) -> Path:
 
 def run_status(run_dir: Path) -> str:
     """The run folder's status.json: running (or crashed), complete, time_limit; or "not run"."""
-    status = run_dir / "status.json"
+    status = run_dir / STATUS
     return json.loads(status.read_text())["status"] if status.is_file() else "not run"
 
 
@@ -90,7 +92,7 @@ def run(plan: dict, name: str) -> dict:
         code = subprocess.call([sys.executable, "-m", "train", *argv])
         if code != 0:
             raise DataError(f"training {name} stopped with exit code {code}; run the same command to resume.")
-    metrics = json.loads((run_dir / "model" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / MODEL_DIR / METRICS).read_text())
     logs = [pd.read_csv(log) for log in sorted(run_dir.glob("fold*/log.csv"))]
     result = {"name": name, "options": plan["ablations"][name], "against": str(other),
               "train_minutes": float(sum(log.epoch_seconds.sum() for log in logs) / 60),

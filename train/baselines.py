@@ -26,6 +26,7 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import StratifiedGroupKFold
 
+from inference.layout import CONFIG, FOLDS, METRICS, MODEL_DIR, RUN_CONFIG, TRAINING_CONFIG
 from inference.metadata import Metadata, encode, normalize
 from inference.model import CLASSES
 
@@ -48,9 +49,9 @@ def classifier(seed: int) -> HistGradientBoostingClassifier:
 
 
 def _run_files(run: Path) -> tuple[Path, Path]:
-    config = next((p for p in (run / "training_config.yaml", run / "model" / "training_config.yaml",
-                               run / "config.yaml") if p.is_file()), None)
-    folds = run / "folds.csv"
+    config = next((p for p in (run / TRAINING_CONFIG, run / MODEL_DIR / TRAINING_CONFIG, run / RUN_CONFIG)
+                   if p.is_file()), None)
+    folds = run / FOLDS
     if config is None or not folds.is_file():
         raise DataError(f"{run} is not a run folder: it needs folds.csv and training_config.yaml (or config.yaml).")
     return config, folds
@@ -93,10 +94,10 @@ def _predictions(run: Path, blank_metadata: bool = False, tta: bool = False, bat
     from inference import Predictor
 
     cfg, frame = run_rows(run)
-    model_dir = run / "model" if (run / "model" / "config.json").is_file() else run
+    model_dir = run / MODEL_DIR if (run / MODEL_DIR / CONFIG).is_file() else run
     predictor = Predictor.from_pretrained(model_dir)
     # only the published model's own validation fold: the other folds' rows trained it
-    published = json.loads((model_dir / "metrics.json").read_text()).get("published_fold", cfg.folds_to_train[0])
+    published = json.loads((model_dir / METRICS).read_text()).get("published_fold", cfg.folds_to_train[0])
     rows = frame[frame.fold == published].reset_index(drop=True)
     metadata = {} if blank_metadata else {"ages": ages(rows),
                                           "sexes": rows.sex.tolist(), "sites": rows.site.tolist()}

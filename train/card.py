@@ -20,6 +20,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from inference.guard import GUARD_JSON
+from inference.layout import CARD, CONFIG, FOLDS, METRICS, TRAINING_CONFIG
 from inference.model import CLASS_NAMES, CLASSES
 from inference.triage import OPERATING_POINTS
 
@@ -88,7 +89,7 @@ def _read_text(path: Path) -> str | None:
 def model_card(cfg: Config, metrics: dict, rows: pd.DataFrame, model_dir: Path) -> ModelCard:
     """The card for the model in `model_dir`, trained with `cfg` on `rows` (source, label) and scored as
     `metrics` (metrics.json); its guard and triage sections come from the folder's own files."""
-    model_config = json.loads((model_dir / "config.json").read_text())
+    model_config = json.loads((model_dir / CONFIG).read_text())
     return ModelCard.from_template(
         card_data(cfg, metrics), template_path=str(TEMPLATE), cfg=cfg, metrics=metrics, model_config=model_config,
         f=_f, auc=_auc, g=lambda x: f"{x:g}", classes=CLASSES,
@@ -104,15 +105,15 @@ def model_card(cfg: Config, metrics: dict, rows: pd.DataFrame, model_dir: Path) 
 
 def rerender(model_dir: Path) -> Path:
     """Rewrite MODEL_DIR/README.md from the folder's metrics.json, training_config.yaml, config.json, folds.csv."""
-    cfg = make(yaml.safe_load((model_dir / "training_config.yaml").read_text()))
-    metrics = json.loads((model_dir / "metrics.json").read_text())
-    rows = pd.read_csv(model_dir / "folds.csv", dtype={"image_id": str})
-    model_card(cfg, metrics, rows, model_dir).save(model_dir / "README.md")
-    return model_dir / "README.md"
+    cfg = make(yaml.safe_load((model_dir / TRAINING_CONFIG).read_text()))
+    metrics = json.loads((model_dir / METRICS).read_text())
+    rows = pd.read_csv(model_dir / FOLDS, dtype={"image_id": str})
+    model_card(cfg, metrics, rows, model_dir).save(model_dir / CARD)
+    return model_dir / CARD
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "metrics.json").is_file():
+    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / METRICS).is_file():
         sys.exit("usage: python -m train.card MODEL_DIR (a folder with metrics.json, training_config.yaml, "
                  "config.json and folds.csv)")
     print(rerender(Path(sys.argv[1])))

@@ -41,14 +41,9 @@ if TYPE_CHECKING:
 # benign rows (>80 % of ISIC 2020) become benign_unspecified; the same grouping as the 1st-place
 # SIIM-ISIC 2020 solution (Ha, Liu & Liu), which mapped them onto the ISIC 2019 classes.
 ISIC_DIAGNOSIS = {
-    "melanoma": "mel",
-    "nevus": "nv",
-    "seborrheic keratosis": "bkl",
-    "lentigo nos": "bkl",
-    "lichenoid keratosis": "bkl",
-    "solar lentigo": "bkl",
-    "cafe-au-lait macule": "benign_unspecified",
-    "atypical melanocytic proliferation": "benign_unspecified",
+    "melanoma": "mel", "nevus": "nv",
+    "seborrheic keratosis": "bkl", "lentigo nos": "bkl", "lichenoid keratosis": "bkl", "solar lentigo": "bkl",
+    "cafe-au-lait macule": "benign_unspecified", "atypical melanocytic proliferation": "benign_unspecified",
     "unknown": "benign_unspecified",
 }
 # HAM10000 `dx` is already the model's vocabulary (mel, nv, bcc, akiec, bkl, df, vasc).
@@ -120,9 +115,7 @@ def _assemble(frame: pd.DataFrame, source: str, ids: pd.Series, paths: list[str]
         "group": [f"{source}:{g}" for g in groups.astype(str)],
         "label": labels,
         "target": [int(lab == "mel") for lab in labels],
-        "age": [meta.age for meta in metas],
-        "sex": [meta.sex for meta in metas],
-        "site": [meta.site for meta in metas],
+        "age": [meta.age for meta in metas], "sex": [meta.sex for meta in metas], "site": [meta.site for meta in metas],
         "tfrecord": tfrecord.to_numpy() if tfrecord is not None else -1,
     })
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from inference.guard import GUARD_ARRAYS, GUARD_JSON
+from inference.layout import CARD, FOLDS, METRICS, MODEL_DIR, PLOTS, TRAINING_CONFIG, logit_columns
 from inference.model import CLASSES, probabilities
 from inference.triage import OPERATING_POINTS
 
@@ -30,7 +31,7 @@ from .model import MelanomaModel
 from .onnx_export import export_onnx
 from .run_folder import RunData
 
-LOGITS = [f"logit_{c}" for c in CLASSES]
+LOGITS = logit_columns(CLASSES)
 
 
 def out_of_fold(run: Path, frame: pd.DataFrame, folds: list[int]) -> pd.DataFrame:
@@ -71,21 +72,23 @@ def run_summary(cfg: Config, run: Path, folds_done: list[int], partial: bool, hi
 
 def write_plots(oof: pd.DataFrame, result: dict, history: pd.DataFrame, temperature: float, folder: Path) -> None:
     labels = oof["label"].map(CLASSES.index).to_numpy()
-    plots.plot_roc(oof, folder / "roc.png")
-    plots.plot_reliability(oof[LOGITS].to_numpy(), labels, temperature, folder / "reliability.png")
+    roc, reliability, confusion, curves = (folder / name for name in PLOTS)
+    plots.plot_roc(oof, roc)
+    plots.plot_reliability(oof[LOGITS].to_numpy(), labels, temperature, reliability)
     matrices = [{**result["confusion_matrix"], "title": "all rows, 8 classes"}]
     if result["diagnosis_ham10000"]:
         matrices.insert(0, {**result["diagnosis_ham10000"]["confusion_matrix"], "title": "HAM10000 rows, 7 classes"})
-    plots.plot_confusion(matrices, folder / "confusion_matrix.png")
-    plots.plot_curves(history, folder / "training_curves.png")
+    plots.plot_confusion(matrices, confusion)
+    plots.plot_curves(history, curves)
 
 
-def fit_guard_or_warn(model_dir: Path, data: RunData, fold: int) -> None:
+def fit_guard_or_warn(model_dir: Path, data: RunData, fold: int, num_workers: int) -> None:
     """Out-of-scope guard and triage lines for the published model, from its own training and validation
     rows. Too few validation melanomas for the lines (a tiny run) is a warning: the model works without."""
     in_fold = data.fold_of == fold
     try:
-        fit_guard(model_dir, data.frame[~in_fold], data.frame[in_fold], what=f"fold-{fold} validation rows")
+        fit_guard(model_dir, data.frame[~in_fold], data.frame[in_fold], what=f"fold-{fold} validation rows",
+                  num_workers=num_workers)
     except ValueError as err:
         print(f"warning: no out-of-scope guard or triage bands for this model: {err}", flush=True)
         for name in (GUARD_ARRAYS, GUARD_JSON, OPERATING_POINTS):
@@ -113,12 +116,12 @@ def finalize(cfg: Config, run: Path, data: RunData, folds_done: list[int], parti
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     export_onnx(model, tmp)  # model.onnx beside the weights: the Space's fast CPU backend, verified against torch
-    fit_guard_or_warn(tmp, data, result["published_fold"])
+    fit_guard_or_warn(tmp, data, result["published_fold"], cfg.num_workers)
     write_plots(oof, result, history, temperature, tmp)
-    (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
-    (tmp / "training_config.yaml").write_text(to_yaml(cfg))
-    shutil.copy2(run / "folds.csv", tmp / "folds.csv")  # which rows trained it: card, guard and baselines read it
-    model_card(cfg, result, frame, tmp).save(tmp / "README.md")
-    replace_dir(tmp, run / "model")
-    shutil.copy2(run / "model" / "metrics.json", run / "metrics.json")
-    return run / "model"
+    (tmp / METRICS).write_text(json.dumps(result, indent=1))
+    (tmp / TRAINING_CONFIG).write_text(to_yaml(cfg))
+    shutil.copy2(run / FOLDS, tmp / FOLDS)  # which rows trained it: card, guard and baselines read it
+    model_card(cfg, result, frame, tmp).save(tmp / CARD)
+    replace_dir(tmp, run / MODEL_DIR)
+    shutil.copy2(run / MODEL_DIR / METRICS, run / METRICS)
+    return run / MODEL_DIR

@@ -5,9 +5,9 @@
 
 The guard statistics come from the model's training rows, the guard threshold and the triage
 lines from its validation rows (folds.csv: the fold the model was validated on), all scored by the
-model itself through `inference.Predictor`. Training can call `fit_guard(model_dir, train_rows,
-val_rows)` at the end of a run. The guard reads the ONNX graph's `embedding` output (the pooled
-features, from the same run as the logits), so it costs no second forward pass.
+model itself (its torch weights, in batches through a data loader on the training device). Training can call
+`fit_guard(model_dir, train_rows, val_rows)` at the end of a run. Serving reads the same embedding as the ONNX
+graph's `embedding` output, from the same run as the logits, so the guard costs no second forward pass.
 """
 
 from __future__ import annotations
@@ -19,28 +19,54 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from inference import Predictor
 from inference import metadata as md
 from inference.guard import Guard, features
-from inference.onnx_backend import EMBEDDING, LOGITS
+from inference.image import eval_transform, open_image
+from inference.layout import FOLDS, TRAINING_CONFIG
+from inference.model import probabilities
 from inference.triage import OPERATING_POINTS
 
 from .errors import DataError
+from .model import MelanomaModel
 
 
-def score_rows(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(pooled embeddings (N, D), melanoma probabilities (N,)) for rows with `path` (+ age/sex/site)."""
-    meta = [md.encode(md.normalize(*(None if pd.isna(v) else v for v in (r.get("age"), r.get("sex"), r.get("site")))))
-            for r in rows.to_dict("records")]
-    mel = predictor.classes.index("mel")
+class _Rows(torch.utils.data.Dataset):
+    """The rows' images through the eval transform, with their encoded metadata: what serving feeds the model."""
+
+    def __init__(self, model: MelanomaModel, rows: pd.DataFrame) -> None:
+        self.size, self.mean, self.std = model.image_size, model.mean, model.std
+        self.paths = rows["path"].tolist()
+        self.meta = [md.encode(md.normalize(*(None if pd.isna(v) else v for v in (r.get("age"), r.get("sex"),
+                                                                               r.get("site")))))
+                     for r in rows.to_dict("records")]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = eval_transform(open_image(self.paths[i], min_side=self.size), self.size, self.mean, self.std)
+        return torch.from_numpy(image), torch.from_numpy(self.meta[i])
+
+
+@torch.inference_mode()
+def embed_rows(model: MelanomaModel, rows: pd.DataFrame, batch_size: int = 64,
+               num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled embeddings (N, D), melanoma probabilities (N,)) for rows with `path` (+ age/sex/site).
+
+    Batches through a data loader on the model's device (the training GPU at the end of a run): the guard
+    fit embeds every training image, ~43k on Kaggle, and one image at a time would take most of the session's
+    last minutes."""
+    device = next(model.parameters()).device
+    model.eval()
+    mel = model.classes.index("mel")
     embeddings, probs = [], []
-    for start in range(0, len(rows), batch_size):
-        paths = rows["path"].iloc[start:start + batch_size]
-        pixels = np.stack([predictor.model_input(p) for p in paths])
-        p, (e,) = predictor.forward(pixels, np.stack(meta[start:start + len(paths)]), outputs=(LOGITS, EMBEDDING))
-        embeddings.append(e)
-        probs.append(p[:, mel])
+    loader = torch.utils.data.DataLoader(_Rows(model, rows), batch_size=batch_size, num_workers=num_workers)
+    for images, meta in loader:
+        logits, embedding = model.head_and_embedding(model.forward_features(images.to(device)), meta.to(device))
+        embeddings.append(embedding.float().cpu().numpy())
+        probs.append(probabilities(logits.float().cpu().numpy(), model.temperature)[:, mel])
     return np.concatenate(embeddings), np.concatenate(probs)
 
 
@@ -80,15 +106,16 @@ def operating_points(probs: np.ndarray, target: np.ndarray, what: str) -> dict:
 
 
 def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame, max_flagged: float = 0.02,
-              what: str = "validation rows") -> dict:
+              what: str = "validation rows", num_workers: int = 0) -> dict:
     """Fit guard.safetensors + guard.json and operating_points.json in `model_dir`; returns a summary.
 
     train_rows: `path` (images the model was trained on). val_rows: `path`, `target` (1 = melanoma),
-    optional age/sex/site. The threshold flags at most `max_flagged` of the validation images."""
+    optional age/sex/site. The threshold flags at most `max_flagged` of the validation images. Scored on the
+    GPU when there is one, with `num_workers` loader processes."""
     model_dir = Path(model_dir)
-    predictor = Predictor.from_pretrained(model_dir)
-    mean, precision = fit_statistics(score_rows(predictor, train_rows)[0])
-    val_embeddings, val_probs = score_rows(predictor, val_rows)
+    model = MelanomaModel.from_pretrained(str(model_dir)).to("cuda" if torch.cuda.is_available() else "cpu")
+    mean, precision = fit_statistics(embed_rows(model, train_rows, num_workers=num_workers)[0])
+    val_embeddings, val_probs = embed_rows(model, val_rows, num_workers=num_workers)
     scores = Guard(mean, precision, np.inf).score(val_embeddings)
     guard = Guard(mean, precision, threshold_for(scores, max_flagged))
     flagged = float((scores > guard.threshold).mean())
@@ -108,13 +135,13 @@ def model_rows(model_dir: Path, isic_dirs: list[str] | None, ham_dirs: list[str]
 
     from train.data import load_sources
 
-    config = yaml.safe_load((model_dir / "training_config.yaml").read_text())
+    config = yaml.safe_load((model_dir / TRAINING_CONFIG).read_text())
     if fold is None:
         if len(config.get("train_folds") or []) != 1:
             raise ValueError("the model was trained on several folds: pass --fold (the one it was validated on).")
         fold = int(config["train_folds"][0])
     frame, _ = load_sources(isic_dirs or config["isic_dirs"], ham_dirs or config["ham_dirs"], "none")
-    folds = pd.read_csv(model_dir / "folds.csv", usecols=["image_id", "fold"])
+    folds = pd.read_csv(model_dir / FOLDS, usecols=["image_id", "fold"])
     rows = frame.merge(folds, on="image_id", how="inner", validate="one_to_one")
     if len(rows) != len(folds):
         raise ValueError(f"{len(folds) - len(rows)} rows of folds.csv have no image in the data folders given.")

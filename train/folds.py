@@ -43,7 +43,8 @@ def assign_folds(frame: pd.DataFrame, n_folds: int, seed: int, duplicates: list[
     `stratified_group`: sklearn StratifiedGroupKFold over the merged groups, stratified by
     source + diagnosis, so each fold gets its share of melanomas from each data set and of the rare
     classes. `tfrecord`: ISIC rows keep cdeotte's patient-grouped tfrecords (fold = tfrecord mod
-    n_folds, the usual use of his 15 tfrecords with 5 folds); the other rows are split as above.
+    n_folds: the 1st place's "oldfold" option; their default mapped the 15 tfrecords to 5 folds with a lookup
+    table); the other rows are split as above.
     """
     groups = merged_groups(frame, duplicates)
     strata = frame["source"] + ":" + frame["label"]

@@ -129,7 +129,8 @@ def held_out_false_alarms(scores: np.ndarray, groups: pd.Series, max_flagged: fl
 
 def evaluate(model_dir: Path, val_rows: pd.DataFrame) -> dict:
     """Print and store (guard.json → evaluation) the detection and false-alarm rates."""
-    from train.fit_guard import score_rows
+    from train.fit_guard import embed_rows
+    from train.model import MelanomaModel
 
     predictor = Predictor.from_pretrained(model_dir)
     if predictor.guard is None:
@@ -148,7 +149,7 @@ def evaluate(model_dir: Path, val_rows: pd.DataFrame) -> dict:
         results["missed"] += [n for (n, _), f in zip(items, flagged) if not f and "skin" not in name]
     oos = [v for k, v in results["out_of_scope"].items() if "skin" not in k]
     results["detection_rate"] = sum(v["flagged"] for v in oos) / sum(v["n"] for v in oos)
-    scores = predictor.guard.score(score_rows(predictor, val_rows)[0])
+    scores = predictor.guard.score(embed_rows(MelanomaModel.from_pretrained(str(model_dir)), val_rows)[0])
     flagged = scores > predictor.guard.threshold
     results["validation_flagged_in_sample"] = float(flagged.mean())
     results["validation_flagged_by_source"] = {s: float(flagged[(val_rows.source == s).to_numpy()].mean())

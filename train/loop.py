@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import is_tensorboard_available
 
+from inference.layout import logit_columns
 from inference.model import CLASSES, probabilities
 
 from . import checkpoint, publish
@@ -72,7 +73,7 @@ def run_epoch(accelerator: Accelerator, cfg: Config, fs: FoldSetup, progress: Fo
     improved = progress.record(row, val_auc)
     accelerator.log({f"fold{progress.fold}/{k}": v for k, v in row.items()
                      if k not in ("fold", "epoch") and v is not None}, step=epoch + 1)
-    table = pd.DataFrame(val["logits"], columns=[f"logit_{c}" for c in CLASSES])
+    table = pd.DataFrame(val["logits"], columns=logit_columns(CLASSES))
     table.insert(0, "image_id", fs.val_rows["image_id"].to_numpy()[val["index"]])
     table.insert(1, "label", [CLASSES[i] for i in val["label"]])
     return EpochResult(row, improved, table.sort_values("image_id").reset_index(drop=True), skipped)
@@ -87,6 +88,7 @@ def save_epoch(accelerator: Accelerator, cfg: Config, fs: FoldSetup, progress: F
     pending = checkpoint.begin(states, progress.epochs_done, main)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(pending.tmp))  # every process: accelerate saves per-process RNG states
+    accelerator.wait_for_everyone()  # every process's files are in before rank 0 renames the folder
     if main:
         if fs.ema is not None:
             fs.ema.save(pending.tmp)
@@ -213,6 +215,12 @@ def training_function(cfg: Config) -> dict:
     done = [f for f in cfg.folds_to_train if (run / f"fold{f}" / "DONE").is_file()]
     result = {"status": outcome, "folds_done": done, "model_dir": None, "commit": None,
               "processes": accelerator.num_processes}
+    # What is left is rank 0's alone (finalize: OOF table, guard fit, ONNX export; the Hub push): end the process
+    # group first, so that no rank waits in a collective meanwhile. A waiting rank would hit the collective
+    # timeout (NCCL's default is 10 minutes; finalize takes about that on a T4), die, and take the run down with
+    # it, status.json still saying "running".
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the trackers, destroys the process group
     if accelerator.is_main_process:
         if outcome != "complete":
             accelerator.print(f"Stopped by the time limit after folds {done or 'none'}; continue with --resume.")
@@ -225,8 +233,6 @@ def training_function(cfg: Config) -> dict:
                 accelerator.print(f"Pushed to https://huggingface.co/{cfg.push_to_hub}/tree/{result['commit']} "
                                   f"- pin it as {cfg.push_to_hub}@{result['commit']}")
         write_status(run, result)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
     return result
 
 
@@ -245,4 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
-    return 0 if result["status"] == "complete" else EXIT_TIME_LIMIT
+    # Only rank 0 says how the run ended. The other ranks' part is over once the process group has ended, and a
+    # non-zero exit from one of them would make the launcher stop rank 0 in the middle of its finalize.
+    return EXIT_TIME_LIMIT if rank == 0 and result["status"] == "time_limit" else 0

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from inference.layout import CARD, CONFIG, METRICS, WEIGHTS
+
 from .errors import PushError
 
-REQUIRED = ("config.json", "model.safetensors", "README.md", "metrics.json")
+REQUIRED = (CONFIG, WEIGHTS, CARD, METRICS)
 
 
 def check_folder(folder: Path) -> None:
