@@ -515,7 +515,8 @@ def test_fake_hub_records_the_upload_through_the_real_push(tiny_model_dir, tmp_p
     calls = json.loads((tmp_path / "record.json").read_text())["calls"]
     assert [c["call"] for c in calls] == ["create_repo", "upload_folder"]
     assert calls[1]["repo_id"] == "org/name" and calls[1]["oid"] == sha and sha in line
-    assert set(calls[1]["files"]) == {layout.CONFIG, layout.WEIGHTS, layout.CARD, layout.METRICS}
+    assert set(calls[1]["files"]) == {p.name for p in model.iterdir()}  # the whole model folder, as it is
+    assert {layout.CONFIG, layout.WEIGHTS, layout.ONNX, layout.CARD, layout.METRICS} <= set(calls[1]["files"])
     assert "Model from training run run" == calls[1]["commit_message"]
 
 
