@@ -52,20 +52,20 @@ from inference.metadata import encode  # noqa: E402
 from train import augment  # noqa: E402
 from train.backbone import data_config  # noqa: E402
 from train.config import Config, make, resolve_config, with_backbone_defaults  # noqa: E402
-from train.data import LesionDataset, class_weights, collate, load_sources  # noqa: E402
+from train.data import LesionDataset, class_weights, collate, config_sources  # noqa: E402
 from train.epoch import Clock, batch_to_input, model_input, train_one_epoch  # noqa: E402
 from train.setup import build_model, param_groups  # noqa: E402
 
 
 def rows_for(cfg: Config, n: int, seed: int = 0):
     """n rows drawn from the config's real sources, in the training mix (HAM and ISIC together)."""
-    frame, _ = load_sources(cfg.isic_dirs, cfg.ham_dirs, cfg.isic_duplicates)
+    frame, _ = config_sources(cfg)
     return frame.sample(n=min(n, len(frame)), random_state=seed).reset_index(drop=True)
 
 
 def dataset(cfg: Config, rows, size: int) -> LesionDataset:
     return LesionDataset(rows, size, augment.build(cfg.augment, size), cfg.meta_dropout, cfg.metadata_mode == "fused",
-                         seed=cfg.seed)
+                         seed=cfg.seed, colour=cfg.colour_constancy)
 
 
 class TimedLoader:

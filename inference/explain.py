@@ -99,7 +99,7 @@ def explain(predictor: Any, image: ImageInput, age: Any = None, sex: Any = None,
     # Decoded for the larger of the two sizes, so the overlay stays sharp; for a big JPEG the model's crop
     # then comes from a finer DCT scale than `predict` used: a few levels per pixel at most.
     opened = open_image(image, min_side=max(size, c.image_size))
-    pixels = to_input(prepare(opened, c.image_size), c.mean, c.std)[None]
+    pixels = to_input(prepare(opened, c.image_size, c.colour_constancy), c.mean, c.std)[None]
     (features,) = predictor.session.run(pixels, meta, (FEATURES,))
     weights = predictor.head[c.classes.index(target), :features.shape[1]]  # the image part of the head row
     heat = grad_cam(features[0], weights, size)

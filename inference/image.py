@@ -157,19 +157,42 @@ def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(array, (new_w, new_h), interpolation=cv2.INTER_AREA if new_w < width else cv2.INTER_CUBIC)
 
 
-def prepare(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize the shorter side to `size` and centre-crop a square: uint8 array (size, size, 3).
+COLOUR_CONSTANCY = ("none", "shades_of_gray")
+
+
+def shades_of_gray(array: np.ndarray, power: float = 6.0) -> np.ndarray:
+    """Shades of Gray colour constancy (Finlayson & Trezzi 2004; p = 6 as in Barata et al. 2015 for
+    dermoscopy): estimate the illuminant per channel as the p-norm mean of the pixels and scale each
+    channel so that the illuminant becomes grey. Dermatoscopes differ in light and white balance; this
+    removes most of that difference before the model sees the image. uint8 (H, W, 3) → uint8 (H, W, 3);
+    a grey image is returned unchanged."""
+    pixels = array.astype(np.float32) / np.float32(255.0)
+    illuminant = np.power(np.mean(np.power(pixels, power), axis=(0, 1)), 1.0 / power)  # (3,)
+    norm = float(np.sqrt(np.sum(illuminant ** 2)))
+    if norm == 0.0:  # an all-black image: nothing to correct
+        return np.ascontiguousarray(array)
+    gain = norm / (np.sqrt(3.0) * np.maximum(illuminant, 1e-6))  # unit gain for a grey illuminant
+    pixels *= gain.astype(np.float32)
+    return (np.clip(pixels, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+
+
+def prepare(image: np.ndarray, size: int, colour: str = "none") -> np.ndarray:
+    """Resize the shorter side to `size`, centre-crop a square and apply the model's colour correction
+    (`colour`, from its config.json): uint8 array (size, size, 3). The one preprocessing function of
+    training (`train.data.LesionDataset`) and serving (the Predictor, Grad-CAM, the guard's fit).
 
     A crop, not a squash: lesion shape (asymmetry, border) is a melanoma cue that squashing a 4:3
     HAM10000 photo would distort, and dermoscopy centres the lesion.
     """
+    if colour not in COLOUR_CONSTANCY:
+        raise ValueError(f"colour correction must be one of {', '.join(COLOUR_CONSTANCY)}, got {colour!r}.")
     array = np.asarray(image)
     resized = resize_shorter(array, size)
     height, width = resized.shape[:2]
-    if (width, height) == (size, size) and resized is not array:
-        return resized  # OpenCV's fresh, contiguous square: nothing to crop (saves a copy per image)
-    left, top = (width - size) // 2, (height - size) // 2
-    return resized[top:top + size, left:left + size].copy()  # contiguous, and never the caller's own array
+    if (width, height) != (size, size) or resized is array:
+        left, top = (width - size) // 2, (height - size) // 2
+        resized = resized[top:top + size, left:left + size].copy()  # contiguous, never the caller's own array
+    return shades_of_gray(resized) if colour == "shades_of_gray" else resized
 
 
 def scale_shift(mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +212,7 @@ def to_input(array: np.ndarray, mean: list[float], std: list[float]) -> np.ndarr
     return chw
 
 
-def eval_transform(image: np.ndarray, size: int, mean: list[float], std: list[float]) -> np.ndarray:
+def eval_transform(image: np.ndarray, size: int, mean: list[float], std: list[float],
+                   colour: str = "none") -> np.ndarray:
     """The eval transform: open_image's pixels → the model's (3, size, size) float32 input."""
-    return to_input(prepare(image, size), mean, std)
+    return to_input(prepare(image, size, colour), mean, std)

@@ -1,8 +1,9 @@
 """What a trained model is, for serving: its classes, its config.json, and the one calibrated softmax.
 
-One head over the HAM10000 diagnoses plus a benign-unspecified class (ISIC 2020's "unknown" benign
-rows) serves both data sets with one softmax: melanoma probability is p(mel), malignant probability
-is p(mel) + p(bcc) + p(akiec). The torch model that config.json rebuilds lives in `train.model`;
+One head over the seven HAM10000 diagnoses serves every source with one softmax: melanoma probability is
+p(mel), malignant probability is p(mel) + p(bcc) + p(akiec). There is deliberately no class that only one
+source supplies (such as ISIC 2020's "unknown" benign rows): a model learns to predict it from that
+source's look rather than from the lesion (issue 24); see `train.sources.jpeg_melanoma.UNSPECIFIED`. The torch model that config.json rebuilds lives in `train.model`;
 serving reads the same file as plain JSON (`ModelConfig`), so the Space needs no torch.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 from .layout import CONFIG
 from .metadata import ENCODING_VERSION
 
-CLASSES: tuple[str, ...] = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc", "benign_unspecified")
+CLASSES: tuple[str, ...] = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")
 CLASS_NAMES = {
     "mel": "Melanoma",
     "nv": "Melanocytic nevus",
@@ -28,7 +29,6 @@ CLASS_NAMES = {
     "bkl": "Benign keratosis-like lesion",
     "df": "Dermatofibroma",
     "vasc": "Vascular lesion",
-    "benign_unspecified": "Benign lesion, type unspecified",
 }
 MALIGNANT: tuple[str, ...] = ("mel", "bcc", "akiec")
 # The head's linear layer in model.safetensors: (n_classes, image features + metadata features). Serving
@@ -60,6 +60,7 @@ class ModelConfig:
     classes: tuple[str, ...]
     temperature: float
     meta_hidden: int
+    colour_constancy: str = "none"  # `inference.image.prepare`'s colour correction, as in training
 
     @classmethod
     def load(cls, folder: str | Path) -> "ModelConfig":
@@ -71,7 +72,8 @@ class ModelConfig:
             return cls(backbone=str(raw["backbone"]), image_size=int(raw["image_size"]),
                        mean=tuple(float(x) for x in raw["mean"]), std=tuple(float(x) for x in raw["std"]),
                        classes=tuple(raw.get("classes", CLASSES)), temperature=float(raw.get("temperature", 1.0)),
-                       meta_hidden=int(raw.get("meta_hidden", 32)))
+                       meta_hidden=int(raw.get("meta_hidden", 32)),
+                       colour_constancy=str(raw.get("colour_constancy", "none")))
         except KeyError as err:
             raise ValueError(f"{path} has no {err.args[0]!r}; it was not written by this project.") from None
 

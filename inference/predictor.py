@@ -89,7 +89,7 @@ class Predictor:
         with self.step("decode"):
             pixels = open_image(image, min_side=c.image_size)
         with self.step("resize + centre crop"):
-            square = prepare(pixels, c.image_size)
+            square = prepare(pixels, c.image_size, c.colour_constancy)
         with self.step("normalise"):
             return to_input(square, c.mean, c.std)
 

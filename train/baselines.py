@@ -32,7 +32,7 @@ from inference.model import CLASSES
 
 from . import metrics as M
 from .config import Config, resolve_config
-from .data import ages, load_sources
+from .data import ages, config_sources
 from .errors import ConfigError, DataError
 
 
@@ -61,7 +61,7 @@ def run_rows(run: Path) -> tuple[Config, pd.DataFrame]:
     """A run's config and its rows (as `load_sources` gives them) with each row's fold from folds.csv."""
     config_path, folds_path = _run_files(run)
     cfg = resolve_config(["--config", str(config_path)])
-    frame, _ = load_sources(cfg.isic_dirs, cfg.ham_dirs, cfg.isic_duplicates)
+    frame, _ = config_sources(cfg)
     fold_of = pd.read_csv(folds_path, dtype={"image_id": str}).set_index("image_id")["fold"]
     frame = frame[frame.image_id.isin(fold_of.index)].reset_index(drop=True)
     frame["fold"] = fold_of.loc[frame.image_id].to_numpy()

@@ -25,7 +25,7 @@ from inference.model import CLASS_NAMES, CLASSES
 from inference.triage import OPERATING_POINTS
 
 from .config import Config, make
-from .data import HAM_SITE, ISIC_DIAGNOSIS
+from .sources import ham10000, isic_challenge, jpeg_melanoma
 
 TEMPLATE = Path(__file__).with_name("card_template.md")
 # Hand-written Markdown kept in the model folder (e.g. comparisons with baselines run after training);
@@ -96,8 +96,12 @@ def model_card(cfg: Config, metrics: dict, rows: pd.DataFrame, model_dir: Path) 
         class_list=", ".join(f"{c} = {CLASS_NAMES[c]}" for c in CLASSES),
         inputs="image + age/sex/site" if cfg.metadata_mode == "fused" else "image only",
         by_source=", ".join(f"{s}: {n}" for s, n in metrics["n_by_source"].items()), subgroup_titles=SUBGROUPS,
-        data_rows=_data_rows(rows), isic_mapping=", ".join(f"{k} → {v}" for k, v in ISIC_DIAGNOSIS.items()),
-        ham_mapping=", ".join(f"{k} → {v}" for k, v in HAM_SITE.items()),
+        data_rows=_data_rows(rows), isic_mapping=", ".join(
+            f"{k} → {cfg.unspecified_benign if v == jpeg_melanoma.UNSPECIFIED else v}"
+            for k, v in jpeg_melanoma.DIAGNOSIS.items()),
+        challenge_mapping=", ".join(f"melanoma={m}, seborrheic_keratosis={k} → {v}"
+                                    for (m, k), v in isic_challenge.LABELS.items()),
+        ham_mapping=", ".join(f"{k} → {v}" for k, v in ham10000.SITE.items()),
         fold_groups="patient (ISIC) and lesion (HAM)" if rows.source.nunique() > 1 else "patient/lesion",
         guard=_read_json(model_dir / GUARD_JSON), points=_read_json(model_dir / OPERATING_POINTS),
         pct=lambda x: f"{100 * x:.1f} %", notes=_read_text(model_dir / NOTES))

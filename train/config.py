@@ -36,6 +36,12 @@ class Config:
     isic_dirs: list[str] = _opt([], "Folders holding an ISIC 2020 train.csv with jpeg/train/ (competition) "
                                     "or train/ (cdeotte/jpeg-melanoma-NxN) images.")
     ham_dirs: list[str] = _opt([], "Folders holding HAM10000_metadata.csv; images are found anywhere below it.")
+    challenge_dirs: list[str] = _opt([], "Folders in the ISIC challenge layout (e.g. ISIC 2017: ISIC-2017_Training_Data/, "
+                                         "..._Part3_GroundTruth.csv); their Training part is trained on.")
+    unspecified_benign: str = _opt("nv", "What ISIC 2020's benign rows with no named diagnosis ('unknown': most "
+                                         "of its rows) become: 'nv', or 'drop' them. No class of their own: it would come "
+                                         "from one source only, a shortcut through that source's look.",
+                                   choices=("nv", "drop"))
     isic_duplicates: str = _opt("auto", "ISIC_2020_Training_Duplicates.csv path; 'auto' = beside train.csv if "
                                         "present; 'none' = do not group duplicates.")
     folds: int = _opt(5, "Number of cross-validation folds.")
@@ -55,6 +61,9 @@ class Config:
                               choices=("fused", "image_only"))
     meta_hidden: int = _opt(32, "Width of the metadata MLP (fused mode).")
     dropout: float = _opt(0.3, "Dropout before the classification head.")
+    colour_constancy: str = _opt("none", "Colour correction of every image, in training and in serving (the model's "
+                                         "config.json carries it): 'shades_of_gray' (p = 6) or 'none'.",
+                                 choices=("none", "shades_of_gray"))
     # --- augmentation and imbalance ----------------------------------------------------------
     augment: str = _opt("flips", "Training augmentation (train/augment.py), cheapest first; flips won the "
                                  "README ablations.",
@@ -168,8 +177,8 @@ def _check(cfg: Config) -> None:
         if choices is not None and getattr(cfg, name) not in choices:
             shown = ", ".join("null" if c is None else c for c in choices)
             raise ConfigError(f"{name}: {getattr(cfg, name)!r} is not one of {shown}.")
-    if not cfg.isic_dirs and not cfg.ham_dirs:
-        raise ConfigError("No data: set isic_dirs and/or ham_dirs.")
+    if not (cfg.isic_dirs or cfg.ham_dirs or cfg.challenge_dirs):
+        raise ConfigError("No data: set isic_dirs, ham_dirs and/or challenge_dirs.")
     positive = ("folds", "epochs", "batch_size", "grad_accum", "keep_states")
     for name in positive:
         if getattr(cfg, name) < 1:

@@ -68,7 +68,7 @@ def crosscheck(model: Path, externals: list[str]) -> dict[str, dict]:
     predictor = Predictor.from_pretrained(model)
     metrics = model / METRICS
     fold = json.loads(metrics.read_text()).get("published_fold") if metrics.is_file() else None
-    _, val = model_rows(model, None, None, fold)  # the rows of the fold the published model was validated on
+    _, val = model_rows(model, fold)  # the rows of the fold the published model was validated on
     sets = [(f"{source} validation (in-source)", rows) for source, rows in val.groupby("source", sort=True)]
     sets += [external_rows(spec) for spec in externals]
     return {name: source_figures(assess(predictor, rows, name)) for name, rows in sets}

@@ -36,7 +36,7 @@ class _Rows(torch.utils.data.Dataset):
     """The rows' images through the eval transform, with their encoded metadata: what serving feeds the model."""
 
     def __init__(self, model: MelanomaModel, rows: pd.DataFrame) -> None:
-        self.size, self.mean, self.std = model.image_size, model.mean, model.std
+        self.size, self.mean, self.std, self.colour = model.image_size, model.mean, model.std, model.colour_constancy
         self.paths = rows["path"].tolist()
         self.meta = [md.encode(md.normalize(*(None if pd.isna(v) else v for v in (r.get("age"), r.get("sex"),
                                                                                r.get("site")))))
@@ -46,7 +46,8 @@ class _Rows(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = eval_transform(open_image(self.paths[i], min_side=self.size), self.size, self.mean, self.std)
+        image = eval_transform(open_image(self.paths[i], min_side=self.size), self.size, self.mean, self.std,
+                               self.colour)
         return torch.from_numpy(image), torch.from_numpy(self.meta[i])
 
 
@@ -128,19 +129,20 @@ def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
             "validation_scores": scores, "validation_probabilities": val_probs}
 
 
-def model_rows(model_dir: Path, isic_dirs: list[str] | None, ham_dirs: list[str] | None,
-               fold: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, validation rows) of a model folder from its folds.csv and training_config.yaml."""
+def model_rows(model_dir: Path, fold: int | None, **dirs: list[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, validation rows) of a model folder from its folds.csv and training_config.yaml.
+    `dirs` (isic_dirs=, ham_dirs=, challenge_dirs=) override where the config says the data are."""
     import yaml
 
-    from train.data import load_sources
+    from train.data import config_sources
 
     config = yaml.safe_load((model_dir / TRAINING_CONFIG).read_text())
     if fold is None:
         if len(config.get("train_folds") or []) != 1:
             raise ValueError("the model was trained on several folds: pass --fold (the one it was validated on).")
         fold = int(config["train_folds"][0])
-    frame, _ = load_sources(isic_dirs or config["isic_dirs"], ham_dirs or config["ham_dirs"], "none")
+    config.update({key: value for key, value in dirs.items() if value}, isic_duplicates="none")
+    frame, _ = config_sources(config)
     folds = pd.read_csv(model_dir / FOLDS, usecols=["image_id", "fold"])
     rows = frame.merge(folds, on="image_id", how="inner", validate="one_to_one")
     if len(rows) != len(folds):
@@ -153,13 +155,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model folder with folds.csv")
     parser.add_argument("--isic_dirs", nargs="*", help="default: the model's training_config.yaml")
     parser.add_argument("--ham_dirs", nargs="*", help="default: the model's training_config.yaml")
+    parser.add_argument("--challenge_dirs", nargs="*", help="default: the model's training_config.yaml")
     parser.add_argument("--fold", type=int, help="the validation fold (default: the config's one train fold)")
     parser.add_argument("--max_flagged", type=float, default=0.02)
     parser.add_argument("--evaluate", action="store_true", help="measure the guard after fitting (or as fitted)")
     parser.add_argument("--no_fit", action="store_true", help="with --evaluate: keep the fitted files")
     args = parser.parse_args(argv)
     try:
-        train_rows, val_rows = model_rows(args.model, args.isic_dirs, args.ham_dirs, args.fold)
+        train_rows, val_rows = model_rows(args.model, args.fold, isic_dirs=args.isic_dirs, ham_dirs=args.ham_dirs,
+                                          challenge_dirs=args.challenge_dirs)
         if not args.no_fit:
             fitted = fit_guard(args.model, train_rows, val_rows, args.max_flagged, what="validation (fold) rows")
             g, p = fitted["guard"], fitted["operating_points"]

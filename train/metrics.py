@@ -27,9 +27,6 @@ from .data import ages
 
 MEL = CLASSES.index("mel")
 MALIGNANT_IDX = [CLASSES.index(c) for c in MALIGNANT]
-# HAM10000's closed label set: the ISIC-only "benign_unspecified" column is left out when scoring HAM rows, so
-# the differential is judged on the seven diagnoses a HAM10000 image can have (as HAM10000 papers and demos do).
-HAM_CLASSES = [c for c in CLASSES if c != "benign_unspecified"]
 AGE_BANDS = ((0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+"))
 SKIN_TYPE_NOTE = ("Skin type (Fitzpatrick) was not recorded in ISIC 2020 or HAM10000, so performance across "
                   "skin tones is unknown; both data sets come mostly from fair-skinned patients.")
@@ -156,20 +153,19 @@ def ham_diagnosis(probs: np.ndarray, labels: np.ndarray) -> dict | None:
     """
     if not len(labels):
         return None
-    cols = [CLASSES.index(c) for c in HAM_CLASSES]
-    truth = np.array([HAM_CLASSES.index(CLASSES[i]) for i in labels])
-    pred = probs[:, cols].argmax(axis=1)
+    truth = np.asarray(labels)
+    pred = probs.argmax(axis=1)
     present = sorted(set(truth.tolist()))
     return {
         "n_images": int(len(truth)),
-        "classes": list(HAM_CLASSES),
+        "classes": list(CLASSES),
         "balanced_accuracy": float(balanced_accuracy_score(truth, pred)),
         "weighted_f1": float(f1_score(truth, pred, average="weighted", labels=present)),
         "macro_f1": float(f1_score(truth, pred, average="macro", labels=present)),
         "accuracy": float((pred == truth).mean()),
-        "majority_class_accuracy": float((truth == HAM_CLASSES.index("nv")).mean()),
-        "confusion_matrix": {"labels": list(HAM_CLASSES), "rows": "true class", "columns": "predicted class",
-                             "counts": confusion_matrix(truth, pred, labels=list(range(len(HAM_CLASSES)))).tolist()},
+        "majority_class_accuracy": float((truth == CLASSES.index("nv")).mean()),
+        "confusion_matrix": {"labels": list(CLASSES), "rows": "true class", "columns": "predicted class",
+                             "counts": confusion_matrix(truth, pred, labels=list(range(len(CLASSES)))).tolist()},
     }
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from inference.layout import WEIGHTS
 from inference.metadata import ENCODING_VERSION, META_DIM
+from inference.image import COLOUR_CONSTANCY
 from inference.model import CLASSES, HEAD_WEIGHT, check_config
 
 from .backbone import create_backbone
@@ -40,6 +41,8 @@ class MelanomaModel(
         meta_hidden: width of the metadata MLP; 0 turns metadata off (an image-only model).
         dropout: dropout before the head.
         temperature: logits are divided by it before the softmax (fitted after training).
+        colour_constancy: the colour correction `inference.image.prepare` applies before the model, in training
+            and in serving ('none' or 'shades_of_gray').
         metadata_encoding: version tag of `inference.metadata.encode`, checked at load time.
     """
 
@@ -54,9 +57,13 @@ class MelanomaModel(
         dropout: float = 0.3,
         temperature: float = 1.0,
         metadata_encoding: str = ENCODING_VERSION,
+        colour_constancy: str = "none",
     ) -> None:
         super().__init__()
         check_config(classes, temperature, metadata_encoding)
+        if colour_constancy not in COLOUR_CONSTANCY:
+            raise ValueError(f"colour_constancy must be one of {', '.join(COLOUR_CONSTANCY)}, got {colour_constancy!r}.")
+        self.colour_constancy = colour_constancy
         self.backbone_name = backbone
         self.image_size = int(image_size)
         self.mean, self.std = [float(x) for x in mean], [float(x) for x in std]

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from inference.layout import FOLDS, RUN_CONFIG, STATUS
 
 from .config import Config, recipe_changes, to_yaml
-from .data import load_sources
+from .data import config_sources
 from .errors import ConfigError, DataError
 from .folds import assign_folds, fold_table
 
@@ -37,7 +37,7 @@ class RunData:
 
 def load_run_data(cfg: Config) -> RunData:
     """Load and check every source, make the folds, and check each trained fold can be scored."""
-    frame, duplicates = load_sources(cfg.isic_dirs, cfg.ham_dirs, cfg.isic_duplicates)
+    frame, duplicates = config_sources(cfg)
     fold_of = assign_folds(frame, cfg.folds, cfg.seed, duplicates, cfg.fold_source)
     for fold in cfg.folds_to_train:
         n_rows, n_mel = int((fold_of == fold).sum()), int(frame.target[fold_of == fold].sum())

@@ -52,7 +52,8 @@ def build_model(cfg: Config, pretrained: bool) -> MelanomaModel:
     """The fused model for this config; ImageNet backbone weights loaded here, at the start of a fold."""
     dc = data_config(cfg.backbone)
     model = MelanomaModel(backbone=cfg.backbone, image_size=cfg.image_size, mean=dc["mean"], std=dc["std"],
-                          meta_hidden=cfg.meta_hidden if cfg.metadata_mode == "fused" else 0, dropout=cfg.dropout)
+                          meta_hidden=cfg.meta_hidden if cfg.metadata_mode == "fused" else 0, dropout=cfg.dropout,
+                          colour_constancy=cfg.colour_constancy)
     if pretrained and cfg.backbone_weights != "none":
         load_backbone_weights(model.backbone, cfg.backbone, cfg.backbone_weights)
     # channels-last: the layout `train.epoch.batch_to_input` gives the batch, and the faster one for the
@@ -101,8 +102,8 @@ def setup_fold(accelerator: Accelerator, cfg: Config, train_rows: pd.DataFrame, 
     if cfg.class_set == "melanoma":  # all other diagnoses train as one class, in nv's slot; validation keeps its labels
         train_rows = train_rows.assign(label=["mel" if t else "nv" for t in train_rows.target])
     train_ds = LesionDataset(train_rows, cfg.image_size, augment.build(cfg.augment, cfg.image_size), cfg.meta_dropout,
-                             fused, seed=cfg.seed + fold)
-    val_ds = LesionDataset(val_rows, cfg.image_size, None, 0.0, fused)
+                             fused, seed=cfg.seed + fold, colour=cfg.colour_constancy)
+    val_ds = LesionDataset(val_rows, cfg.image_size, None, 0.0, fused, colour=cfg.colour_constancy)
     per_step = cfg.batch_size * accelerator.num_processes
     if len(train_ds) < per_step:
         raise DataError(f"fold {fold}: {len(train_ds)} training images is less than one batch ({per_step}).")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data import _assemble, _listing, _metadata, _read_csv
 from ..errors import DataError
+from .common import assemble, listing, metadata, read_csv
 
 # (melanoma, seborrheic_keratosis) → model class. A row with neither label is a nevus (the challenge's
 # third class); seborrheic keratosis is HAM10000's benign keratosis-like lesion, `bkl`.
@@ -37,24 +37,24 @@ def load_isic_challenge(folder: Path, part: str = "Training", source: str | None
         raise DataError(f"{folder}: expected one *_{part}_Part3_GroundTruth.csv (the ISIC challenge layout), found "
                         f"{len(matches)}; parts here: {', '.join(parts(folder)) or 'none'}.")
     prefix = matches[0]
-    truth = _read_csv(folder / f"{prefix}_Part3_GroundTruth.csv", ("image_id", "melanoma", "seborrheic_keratosis"))
+    truth = read_csv(folder / f"{prefix}_Part3_GroundTruth.csv", ("image_id", "melanoma", "seborrheic_keratosis"))
     meta_csv = folder / f"{prefix}_Data_metadata.csv"
-    meta = _read_csv(meta_csv, ("image_id", "age_approximate", "sex"))
+    meta = read_csv(meta_csv, ("image_id", "age_approximate", "sex"))
     frame = truth.merge(meta, on="image_id", how="left", validate="one_to_one")
     image_dir = folder / f"{prefix}_Data"
     present = set(os.listdir(image_dir)) if image_dir.is_dir() else set()
     ids = frame["image_id"].astype(str)
     missing = [f"{i} (expected {image_dir / (i + '.jpg')})" for i in ids if i + ".jpg" not in present]
     if missing:
-        raise DataError(f"Missing images for {prefix}: " + _listing(missing, len(frame), "rows have no image file"))
+        raise DataError(f"Missing images for {prefix}: " + listing(missing, len(frame), "rows have no image file"))
     pairs = list(zip(frame["melanoma"].astype(float).astype(int), frame["seborrheic_keratosis"].astype(float).astype(int)))
     bad = [f"{i}: melanoma={m}, seborrheic_keratosis={s}" for i, (m, s) in zip(ids, pairs) if (m, s) not in LABELS]
     if bad:
         raise DataError(f"{prefix}_Part3_GroundTruth.csv: labels must be one of {sorted(LABELS)}; "
-                        + _listing(bad, len(frame), "rows"))
+                        + listing(bad, len(frame), "rows"))
     frame["age_approximate"] = pd.to_numeric(frame["age_approximate"], errors="coerce")  # 'unknown' → blank
     frame["site"] = None
-    metas = _metadata(frame, meta_csv, "age_approximate", "sex", "site", None)
+    metas = metadata(frame, meta_csv, "age_approximate", "sex", "site", None)
     source = source or prefix.split("_")[0].lower().replace("-", "")  # 'ISIC-2017' → 'isic2017'
-    return _assemble(frame, source, ids, [str(image_dir / f"{i}.jpg") for i in ids], ids,
+    return assemble(frame, source, ids, [str(image_dir / f"{i}.jpg") for i in ids], ids,
                      [LABELS[p] for p in pairs], metas, None)
