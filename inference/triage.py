@@ -45,7 +45,25 @@ def triage(melanoma_probability: float, points: dict[str, Any] | None) -> dict[s
     keys = ("threshold", "sensitivity", "specificity")
     return {"band": band, **{k: line[k] for k in keys},
             "lines": {name: {k: points[name][k] for k in keys} for name in ("low", "high")},
-            "validation": points.get("validation", "")}
+            "validation": points.get("validation", ""), "by_source": points.get("by_source", {})}
+
+
+# Below this many validation melanomas a source's own share above a line is not a promise (one melanoma is
+# 5 points of it): the page says the source had too few.
+MIN_MELANOMAS = 20
+SOURCE_NAMES = {"ham10000": "HAM10000", "isic2020": "ISIC 2020", "isic2017": "ISIC 2017", "isic2019": "ISIC 2019"}
+
+
+def per_source(t: dict[str, Any], key: str) -> str:
+    """'HAM10000 95, ISIC 2017 93; ISIC 2020 had too few melanomas (7) to say': one line's share per source."""
+    said, few = [], []
+    for source, f in t.get("by_source", {}).items():
+        name = SOURCE_NAMES.get(source, source)
+        if f["melanomas"] >= MIN_MELANOMAS and f[key] is not None:
+            said.append(f"{name} {f[key] * 100:.0f}")
+        else:
+            few.append(f"{name} had too few melanomas ({f['melanomas']}) to say")
+    return "; ".join(filter(None, [", ".join(said), *few]))
 
 
 def describe(answer: dict[str, Any]) -> str:
@@ -56,12 +74,15 @@ def describe(answer: dict[str, Any]) -> str:
         return "This model has no validation operating points, so the number cannot be put on a scale."
     low, high = t["lines"]["low"], t["lines"]["high"]
     where = f" (measured on {t['validation']})" if t.get("validation") else ""
+    key = "high_sensitivity" if t["band"] == "high" else "low_sensitivity"
+    by_source = per_source(t, key)
+    by_source = f" By source of the images, of 100 melanomas: {by_source}." if by_source else ""
     if t["band"] == "low":
         return (f"**Low**: of 100 melanomas in validation, {low['sensitivity'] * 100:.0f} scored higher than this"
-                f"{where}. A low result does not rule melanoma out.")
+                f"{where}. A low result does not rule melanoma out.{by_source}")
     if t["band"] == "high":
         return (f"**High**: of 100 melanomas in validation, {high['sensitivity'] * 100:.0f} scored this high or higher, "
-                f"and {(1 - high['specificity']) * 100:.0f} of 100 other lesions did{where}.")
+                f"and {(1 - high['specificity']) * 100:.0f} of 100 other lesions did{where}.{by_source}")
     return (f"**Intermediate**: between the low line ({low['threshold']:.1%}), which {low['sensitivity'] * 100:.0f} of "
             f"100 melanomas in validation reached, and the high line ({high['threshold']:.1%}), which "
-            f"{high['sensitivity'] * 100:.0f} of 100 reached{where}.")
+            f"{high['sensitivity'] * 100:.0f} of 100 reached{where}.{by_source}")

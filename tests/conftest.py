@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -124,3 +125,25 @@ def run_cli(args: list[str], prelude: str = "", timeout: float = 300, **env: str
 def start_cli(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "train", *args], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def make_isic2019(root: Path, data_dir: Path, n: int = 60, seed: int = 0) -> Path:
+    """A folder in the layout of `cdeotte/jpeg-isic2019-NxN` (train.csv with the 2019 abbreviations, patient_id -1,
+    finer sites, a tfrecord column; train/<image_name>.jpg), made of real ISIC 2017 training images."""
+    folder = data_dir / "isic2017"
+    truth = pd.read_csv(folder / "ISIC-2017_Training_Part3_GroundTruth.csv")
+    meta = pd.read_csv(folder / "ISIC-2017_Training_Data_metadata.csv")
+    rows = truth.merge(meta, on="image_id").sample(n, random_state=seed).reset_index(drop=True)
+    diagnosis = np.where(rows.melanoma == 1, "MEL", np.where(rows.seborrheic_keratosis == 1, "BKL", "NV"))
+    sites = np.resize(["anterior torso", "posterior torso", "upper extremity", "head/neck", ""], len(rows))
+    out = root / "jpeg-isic2019"
+    (out / "train").mkdir(parents=True)
+    for name in rows.image_id:
+        os.symlink(folder / "ISIC-2017_Training_Data" / f"{name}.jpg", out / "train" / f"{name}.jpg")
+    pd.DataFrame({"image_name": rows.image_id, "patient_id": -1, "sex": rows.sex.replace("unknown", ""),
+                  "age_approx": pd.to_numeric(rows.age_approximate, errors="coerce"),
+                  "anatom_site_general_challenge": sites, "diagnosis": diagnosis,
+                  "benign_malignant": np.where(diagnosis == "MEL", "malignant", "benign"),
+                  "target": (diagnosis == "MEL").astype(int), "tfrecord": np.arange(len(rows)) % 15,
+                  "width": 1022, "height": 767}).to_csv(out / "train.csv", index=False)
+    return out

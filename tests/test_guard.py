@@ -112,6 +112,26 @@ def test_operating_points_on_known_scores():
     assert threshold_for(np.arange(100.0), 0.02) == 97.0  # flags 98 and 99: 2 of 100
 
 
+def test_each_line_is_also_measured_per_source_and_the_page_says_where_too_few():
+    rng = np.random.default_rng(1)
+    # source a: melanomas score high; source b: its melanomas score like its others; source c: 5 melanomas
+    probs = np.concatenate([rng.uniform(0.6, 1.0, 60), rng.uniform(0.0, 0.5, 200), rng.uniform(0.0, 0.5, 40),
+                            rng.uniform(0.0, 0.5, 200), rng.uniform(0.5, 1.0, 5), rng.uniform(0.0, 0.5, 50)])
+    target = np.r_[np.ones(60), np.zeros(200), np.ones(40), np.zeros(200), np.ones(5), np.zeros(50)]
+    sources = np.array(["ham10000"] * 260 + ["isic2017"] * 240 + ["isic2020"] * 55)
+    points = operating_points(probs, target, "555 validation rows", sources)
+    by = points["by_source"]
+    assert {k: v["melanomas"] for k, v in by.items()} == {"ham10000": 60, "isic2017": 40, "isic2020": 5}
+    for source, f in by.items():
+        keep = (sources == source) & (target == 1)
+        assert f["low_sensitivity"] == (probs[keep] >= points["low"]["threshold"]).mean()
+    assert by["ham10000"]["low_sensitivity"] > by["isic2017"]["low_sensitivity"]  # the pooled 95 % hides b
+    answer = {"triage": triage(points["low"]["threshold"] / 2, points)}
+    text = describe(answer)
+    assert "HAM10000 100" in text and f"ISIC 2017 {by['isic2017']['low_sensitivity'] * 100:.0f}" in text
+    assert "ISIC 2020 had too few melanomas (5) to say" in text
+
+
 @pytest.fixture(scope="module")
 def fitted_tiny(tiny_model_dir, tmp_path_factory, isic_rows, ham_rows):
     folder = tmp_path_factory.mktemp("guarded")

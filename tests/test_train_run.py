@@ -65,7 +65,7 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
     assert np.asarray(metrics["confusion_matrix"]["counts"]).sum() == len(oof)
     ham = metrics["diagnosis_ham10000"]  # the seven-class differential on HAM rows only
     assert ham["n_images"] == (oof.source == "ham10000").sum() == np.asarray(ham["confusion_matrix"]["counts"]).sum()
-    assert ham["classes"] == ham["confusion_matrix"]["labels"] and "benign_unspecified" not in ham["classes"]
+    assert ham["classes"] == ham["confusion_matrix"]["labels"] and ham["classes"] == list(CLASSES)
     assert ham["majority_class_accuracy"] == pytest.approx((oof[oof.source == "ham10000"].label == "nv").mean())
     assert set(metrics["subgroups"]) >= {"sex", "age_band", "site"}
     assert "not recorded" in metrics["skin_type"]
@@ -103,10 +103,11 @@ def test_tiny_real_run_produces_a_complete_run_folder(reference, subset):
         assert text in card.text, text
     assert "Traceback" not in done.stderr
     assert json.loads((run / layout.STATUS).read_text())["status"] == "complete"
-    # the class × source table, and the warning for a class only one source supplies (ISIC 2020's unknowns)
+    # the class × source table, and the warning for each class only one source supplies (HAM10000's rarer ones)
     assert "class × source:" in done.stdout and "ham10000" in done.stdout
-    assert "warning: class 'benign_unspecified' comes from one source only (isic2020)" in done.stdout
-    assert "warning: class 'mel'" not in done.stdout  # both sources have melanomas
+    for label in ("akiec", "bcc", "df", "vasc"):
+        assert f"warning: class '{label}' comes from one source only (ham10000)" in done.stdout
+    assert "warning: class 'mel'" not in done.stdout and "warning: class 'nv'" not in done.stdout  # both sources
 
 
 def _kill_after_first_epoch(args: list[str], out: Path) -> None:

@@ -13,7 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from inference.model import CLASSES
 from train.config import load_yaml, make, recipe_changes, resolve_config, to_yaml
-from train.data import HAM_SITE, ISIC_DIAGNOSIS, load_sources
+from train.data import load_sources
+from train.sources import ham10000, jpeg_melanoma
 from train.errors import ConfigError, DataError
 from train.folds import assign_folds, merged_groups
 from train.metrics import (
@@ -51,12 +52,20 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_mappings_cover_the_real_data(data_dir):
-    frame, duplicates = load_sources([str(data_dir / "isic2020")], [str(data_dir / "ham10000")], "auto")
-    assert len(frame) == 2701 + 8579 and len(duplicates) > 400
+    frame, duplicates = load_sources([str(data_dir / "isic2020")], [str(data_dir / "ham10000")], "auto",
+                                     [str(data_dir / "isic2017")])
+    assert len(frame) == 2701 + 8579 + 1975 and len(duplicates) > 400
     assert set(frame.label) <= set(CLASSES)
-    assert frame.target.sum() == 39 + 949
-    assert set(HAM_SITE.values()) - {"unknown"} <= set(frame.site)
-    assert set(ISIC_DIAGNOSIS.values()) <= set(CLASSES)
+    assert frame.target.sum() == 39 + 949 + 369
+    assert set(ham10000.SITE.values()) - {"unknown"} <= set(frame.site)
+    assert set(jpeg_melanoma.DIAGNOSIS.values()) - {jpeg_melanoma.UNSPECIFIED} <= set(CLASSES)
+    # no class comes from ISIC 2020 alone: its unknown benign rows are nevi, or left out
+    by_source = frame.groupby("label").source.unique()
+    assert all(len(sources) > 1 for label, sources in by_source.items() if "isic2020" in sources)
+    isic = frame[frame.source == "isic2020"]
+    assert (isic.label == "nv").sum() == 2658 and (isic.label == "bkl").sum() == 4
+    dropped, _ = load_sources([str(data_dir / "isic2020")], [], "none", [], "drop")
+    assert len(dropped) == 78 and set(dropped.label) == {"mel", "nv", "bkl"}  # the rows with a named diagnosis
 
 
 def test_folds_grouped_stratified_deterministic_and_duplicates_together(isic_rows, ham_rows, data_dir, tmp_path):
@@ -161,7 +170,7 @@ def test_ham_diagnosis_scores_the_seven_ham_classes_and_shows_why_accuracy_misle
     labels = np.array([CLASSES.index(n) for n in names])
     always_nv = np.zeros((len(names), len(CLASSES)))
     always_nv[:, CLASSES.index("nv")] = 0.6
-    always_nv[:, CLASSES.index("benign_unspecified")] = 0.4  # not a HAM class: never the answer on HAM rows
+    always_nv[:, CLASSES.index("mel")] = 0.4
     d = ham_diagnosis(always_nv, labels)
     assert d["accuracy"] == pytest.approx(6 / 9) == d["majority_class_accuracy"]
     assert d["balanced_accuracy"] == pytest.approx(1 / 3)

@@ -39,7 +39,10 @@ REPORTED = (("melanoma_auc", "roc_auc", "melanoma ROC AUC"),
             ("melanoma_pauc_above_80_tpr", "pauc", "melanoma partial AUC above 80% sensitivity (max 0.2)"),
             ("sensitivity_at_90_specificity", "sensitivity", "melanoma sensitivity at 90% specificity"),
             ("melanoma_auc_ham10000", "roc_auc", "melanoma ROC AUC, HAM10000 rows"),
-            ("melanoma_auc_isic2020", "roc_auc", "melanoma ROC AUC, ISIC 2020 rows"))
+            ("melanoma_auc_isic2020", "roc_auc", "melanoma ROC AUC, ISIC 2020 rows"),
+            ("melanoma_auc_isic2017", "roc_auc", "melanoma ROC AUC, ISIC 2017 rows"))
+# `python -m train.crosscheck --model FOLDER --json FOLDER/crosscheck.json` writes it; the card shows it
+CROSSCHECK = "crosscheck.json"
 
 
 def _f(x: float | None, digits: int = 3) -> str:
@@ -104,6 +107,7 @@ def model_card(cfg: Config, metrics: dict, rows: pd.DataFrame, model_dir: Path) 
         ham_mapping=", ".join(f"{k} → {v}" for k, v in ham10000.SITE.items()),
         fold_groups="patient (ISIC) and lesion (HAM)" if rows.source.nunique() > 1 else "patient/lesion",
         guard=_read_json(model_dir / GUARD_JSON), points=_read_json(model_dir / OPERATING_POINTS),
+        crosscheck=_read_json(model_dir / CROSSCHECK),
         pct=lambda x: f"{100 * x:.1f} %", notes=_read_text(model_dir / NOTES))
 
 

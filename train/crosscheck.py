@@ -3,6 +3,7 @@ never saw (an external set from other clinics and devices).
 
     python -m train.crosscheck --model output/default
     python -m train.crosscheck --model output/default --external ../shared/data/isic2017:Validation --json out.json
+    python -m train.crosscheck --model runs/a/model --against runs/b/model   # paired, on the same images
 
 For each source: melanoma ROC AUC with its 95 % bootstrap interval, sensitivity at 90 % specificity, the
 share of images the out-of-scope guard refuses, and the share of melanomas that are refused or put in the
@@ -63,28 +64,69 @@ def external_rows(spec: str) -> tuple[str, pd.DataFrame]:
     return f"{rows.source.iloc[0]} {part.lower()} (external)", rows
 
 
-def crosscheck(model: Path, externals: list[str]) -> dict[str, dict]:
-    """{source name: figures} for the model's own validation rows by source, then each external set."""
-    predictor = Predictor.from_pretrained(model)
+def model_sets(model: Path, externals: list[str]) -> dict[str, pd.DataFrame]:
+    """{set name: rows} for the model's own validation rows by source, then each external set without any image
+    the model trained on (the ISIC 2019 set, for one, holds ISIC 2017 images): an external check must be unseen."""
     metrics = model / METRICS
     fold = json.loads(metrics.read_text()).get("published_fold") if metrics.is_file() else None
-    _, val = model_rows(model, fold)  # the rows of the fold the published model was validated on
-    sets = [(f"{source} validation (in-source)", rows) for source, rows in val.groupby("source", sort=True)]
-    sets += [external_rows(spec) for spec in externals]
-    return {name: source_figures(assess(predictor, rows, name)) for name, rows in sets}
+    train, val = model_rows(model, fold)  # the rows of the fold the published model was validated on
+    sets = {f"{source} validation (in-source)": rows for source, rows in val.groupby("source", sort=True)}
+    for spec in externals:
+        name, rows = external_rows(spec)
+        seen = rows.image_id.isin(train.image_id) | rows.image_id.isin(val.image_id)
+        if seen.any():
+            print(f"crosscheck: {int(seen.sum())} of {len(rows)} images of {name} were in the model's data; "
+                  "they are left out of it.", file=sys.stderr)
+            name, rows = f"{name}, {int(seen.sum())} seen left out", rows[~seen].reset_index(drop=True)
+        sets[name] = rows
+    return sets
+
+
+def assess_sets(model: Path, sets: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    predictor = Predictor.from_pretrained(model)
+    return {name: assess(predictor, rows, f"{model.name}: {name}") for name, rows in sets.items()}
+
+
+def crosscheck(model: Path, externals: list[str], against: Path | None = None) -> dict[str, dict]:
+    """{set name: figures} for the model's own validation rows by source, then each external set; with
+    `against`, also that model's AUC on the same images and the paired-bootstrap 95 % interval of the
+    difference (model − against)."""
+    sets = model_sets(model, externals)
+    mine = assess_sets(model, sets)
+    results = {name: source_figures(rows) for name, rows in mine.items()}
+    if against is not None:
+        theirs = assess_sets(against, sets)
+        for name, rows in mine.items():
+            y, a, b = rows.target.to_numpy(), rows.probability.to_numpy(), theirs[name].probability.to_numpy()
+            if M.auc(y, a) is not None:
+                results[name]["against"] = {"model": str(against), "melanoma_auc": M.auc(y, b),
+                                            "difference": M.auc(y, a) - M.auc(y, b),
+                                            "difference_95ci": M.auc_interval(y, a, other=b),
+                                            "guard_refuses": float(theirs[name].refused.mean())}
+    return results
 
 
 def table(results: dict[str, dict]) -> str:
     def number(value, fmt="{:.3f}"):
         return "–" if value is None else fmt.format(value)
 
+    paired = any("against" in f for f in results.values())
     lines = ["| set | images (melanomas) | melanoma AUC (95 % CI) | sensitivity at 90 % specificity | guard refuses | "
-             "melanomas refused or low |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "melanomas refused or low |" + (" AUC of the other model | difference (paired 95 % CI) |" if paired else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if paired else "")]
     for name, f in results.items():
         ci = f["melanoma_auc_95ci"]
         auc = number(f["melanoma_auc"]) + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
-        lines.append(f"| {name} | {f['images']} ({f['melanomas']}) | {auc} | {number(f['sensitivity_at_90_specificity'])} "
-                     f"| {f['guard_refuses']:.1%} | {number(f['melanomas_refused_or_low'], '{:.1%}')} |")
+        line = (f"| {name} | {f['images']} ({f['melanomas']}) | {auc} | {number(f['sensitivity_at_90_specificity'])} "
+                f"| {f['guard_refuses']:.1%} | {number(f['melanomas_refused_or_low'], '{:.1%}')} |")
+        if paired:
+            other = f.get("against")
+            if other:
+                lo, hi = other["difference_95ci"] or (float("nan"), float("nan"))
+                line += f" {other['melanoma_auc']:.3f} | {other['difference']:+.3f} ({lo:+.3f} to {hi:+.3f}) |"
+            else:
+                line += " – | – |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -93,10 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="model folder with folds.csv and training_config.yaml")
     parser.add_argument("--external", nargs="*", default=[DEFAULT_EXTERNAL],
                         help="FOLDER:PART sets in the ISIC challenge layout, never trained on (default: %(default)s)")
+    parser.add_argument("--against", type=Path, help="a second model folder, scored on the same images: its AUC and "
+                                                    "the paired-bootstrap interval of the difference")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     try:
-        results = crosscheck(args.model, args.external)
+        results = crosscheck(args.model, args.external, args.against)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"crosscheck: {err}", file=sys.stderr)
         return 2

@@ -63,6 +63,12 @@ def load_sources(isic_dirs: list[str], ham_dirs: list[str], duplicates: str, cha
     parts = ([load_jpeg_melanoma(Path(d), unspecified_benign) for d in isic_dirs] + [load_ham(Path(d)) for d in ham_dirs]
              + [load_isic_challenge(Path(d), CHALLENGE_PART) for d in challenge_dirs])
     frame = pd.concat(parts, ignore_index=True)
+    # The ISIC 2019 set is a union of HAM10000, ISIC 2017 and other archives: where another source has the same
+    # image, that source's row stays (lesion groups, sites) and the 2019 copy goes, said out loud.
+    again = (frame.source == "isic2019") & frame.image_id.isin(frame.image_id[frame.source != "isic2019"])
+    if again.any():
+        print(f"{int(again.sum())} ISIC 2019 rows show images another source has; the other source's rows are used.")
+        frame = frame[~again].reset_index(drop=True)
     dup = frame["image_id"].duplicated(keep=False)
     if dup.any():
         raise DataError("The same image id appears more than once across the sources: "

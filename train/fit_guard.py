@@ -88,8 +88,10 @@ def threshold_for(scores: np.ndarray, max_flagged: float) -> float:
     return float(ordered[len(ordered) - allowed - 1])
 
 
-def operating_points(probs: np.ndarray, target: np.ndarray, what: str) -> dict:
-    """The low (95 % sensitivity) and high (90 % specificity) lines on these validation scores."""
+def operating_points(probs: np.ndarray, target: np.ndarray, what: str, sources: np.ndarray | None = None) -> dict:
+    """The low (95 % sensitivity) and high (90 % specificity) lines on these validation scores, and (given each
+    row's source) what each line kept on each source's own rows: one pooled promise can hide a source whose
+    melanomas mostly fall below it."""
     mel, other = np.sort(probs[target == 1]), np.sort(probs[target == 0])
     if len(mel) < 20 or len(other) < 20:
         raise ValueError(f"operating points need ≥ 20 melanomas and ≥ 20 others, got {len(mel)} and {len(other)}.")
@@ -102,8 +104,19 @@ def operating_points(probs: np.ndarray, target: np.ndarray, what: str) -> dict:
 
     low = mel[int(np.floor(0.05 * len(mel)))]  # highest line with ≥ 95 % of melanomas at or above it
     high = other[int(np.ceil(0.90 * len(other)))]  # lowest line with ≥ 90 % of others strictly below it
-    return {"validation": what, "n_melanoma": len(mel), "n_other": len(other),
-            "low": {"rule": "95 % sensitivity", **line(low)}, "high": {"rule": "90 % specificity", **line(high)}}
+    points = {"validation": what, "n_melanoma": len(mel), "n_other": len(other),
+              "low": {"rule": "95 % sensitivity", **line(low)}, "high": {"rule": "90 % specificity", **line(high)}}
+    if sources is not None:
+        points["by_source"] = {}
+        for source in sorted(set(sources)):
+            keep = np.asarray(sources) == source
+            m, o = probs[keep & (target == 1)], probs[keep & (target == 0)]
+            points["by_source"][str(source)] = {
+                "melanomas": int(len(m)), "others": int(len(o)),
+                "low_sensitivity": float((m >= low).mean()) if len(m) else None,
+                "high_sensitivity": float((m >= high).mean()) if len(m) else None,
+                "high_specificity": float((o < high).mean()) if len(o) else None}
+    return points
 
 
 def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame, max_flagged: float = 0.02,
@@ -123,7 +136,8 @@ def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
     info = {"fitted_on": f"{len(train_rows)} training images", "threshold_set_on": f"{len(val_rows)} {what}",
             "max_flagged": max_flagged, "validation_flagged": flagged}
     guard.save(model_dir, info)
-    points = operating_points(val_probs, val_rows["target"].to_numpy(), f"{len(val_rows)} {what}")
+    sources = val_rows["source"].to_numpy() if "source" in val_rows else None
+    points = operating_points(val_probs, val_rows["target"].to_numpy(), f"{len(val_rows)} {what}", sources)
     (model_dir / OPERATING_POINTS).write_text(json.dumps(points, indent=1) + "\n")
     return {"guard": {"threshold": guard.threshold, **info}, "operating_points": points,
             "validation_scores": scores, "validation_probabilities": val_probs}

@@ -190,11 +190,10 @@ def evaluate(rows: pd.DataFrame, logits: np.ndarray, temperature: float) -> dict
         "n_by_source": {s: int((src == s).sum()) for s in sorted(set(sources))},
         "n_melanoma_by_source": {s: int(y_mel[src == s].sum()) for s in sorted(set(sources))},
         "melanoma_auc": auc(y_mel, mel),
-        "melanoma_auc_isic2020": auc(y_mel[src == "isic2020"], mel[src == "isic2020"]),
-        "melanoma_auc_ham10000": auc(y_mel[src == "ham10000"], mel[src == "ham10000"]),
         "melanoma_auc_ci95": auc_interval(y_mel, mel),
-        "melanoma_auc_isic2020_ci95": auc_interval(y_mel[src == "isic2020"], mel[src == "isic2020"]),
-        "melanoma_auc_ham10000_ci95": auc_interval(y_mel[src == "ham10000"], mel[src == "ham10000"]),
+        # per source (melanoma_auc_<source>, _ci95): pooling sources rewards telling them apart (issue 24)
+        **{f"melanoma_auc_{s}{suffix}": fn(y_mel[src == s], mel[src == s])
+           for s in sorted(set(sources)) for suffix, fn in (("", auc), ("_ci95", auc_interval))},
         "melanoma_auc_uncalibrated": auc(y_mel, raw[:, MEL]),
         "melanoma_pauc_above_80_tpr": partial_auc_above_tpr(y_mel, mel, 0.8),
         "sensitivity_at_90_specificity": sens90,
