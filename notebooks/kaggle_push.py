@@ -7,8 +7,10 @@
    it, 28 MB per version), runs/, input/ data, and any image, DICOM or weights file. Kaggle unpacks the zip,
    into a folder named after it or at the dataset's root (both have been seen); the notebook finds either.
 2. The kernel U/melanoma-triage-train-2xt4: the notebook and a kernel-metadata.json made from
-   notebooks/kernel-metadata.json. --resume attaches the kernel's own previous output (kernel_sources) and
-   pins the image the first session ran (a newer image could change what training computes mid-run).
+   notebooks/kernel-metadata.json, whose dataset_sources attach the data: cdeotte/jpeg-melanoma-384x384 (ISIC
+   2020), kmader/skin-cancer-mnist-ham10000 and cdeotte/jpeg-isic2019-384x384 (the 1st place's external data).
+   --resume attaches the kernel's own previous output (kernel_sources) and pins the image the first session
+   ran (a newer image could change what training computes mid-run).
 
 `kaggle datasets create|version` only starts processing: push waits until the new version is ready before it
 pushes the kernel (a kernel pushed earlier cannot see its code), and reads what the CLI prints as well as its
@@ -102,7 +104,7 @@ def stage_code(username: str, dest: Path, repo: Path = REPO) -> Path:
         "subtitle": "Training code of the melanoma triage model",
         "description": "The melanoma-triage project's source (train/, inference/, notebooks/, ...), staged by "
                        "`python notebooks/kaggle.py push`. Code licence: Apache-2.0. No data, no images, no "
-                       "weights: attach the ISIC 2020 and HAM10000 datasets separately.",
+                       "weights: attach the ISIC 2020, HAM10000 and ISIC 2019 datasets separately.",
         "keywords": [],
     }
     (dest / "dataset-metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")

@@ -5,7 +5,8 @@ none of the project's requirement files), each notebook run is one Kaggle sessio
 of the image, the notebook's own install cell, papermill (which Kaggle's image has). The input tree is built
 from the real data in ../shared/data with symlinks, in Kaggle's mount layouts; the code arrives as the zip
 `push` makes, unpacked as Kaggle has been seen to (into a folder named after it, or at the dataset's root);
-the ISIC table carries a `tfrecord` column, so the recipe's own fold source runs; a fake Hub records the upload.
+the ISIC table carries a `tfrecord` column, so the recipe's own fold source runs; the ISIC 2019 set
+(cdeotte/jpeg-isic2019-384x384) is mocked with real ISIC 2017 images in its layout; a fake Hub records the upload.
 
 Three sessions, 2 CPU processes each (ACCELERATE_USE_CPU=yes, gloo), a tiny recipe:
 1. the old flat layout (/kaggle/input/<slug>), the zip unpacked at the dataset root: a run to completion;
@@ -22,6 +23,7 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -47,12 +49,19 @@ LAYOUTS = {"current": {"dataset": "datasets/{owner}/{slug}", "output": "notebook
            "flat": {"dataset": "{slug}", "output": "{slug}", "competition": "{slug}"}}
 ISIC = ("cdeotte", "jpeg-melanoma-256x256")
 HAM = ("kmader", "skin-cancer-mnist-ham10000")
+ISIC2019 = ("cdeotte", "jpeg-isic2019-384x384")
+# The mock ISIC 2019 set: real ISIC 2017 training images per 2019 diagnosis (melanomas included, so every fold
+# validates some), with the 2019 table's finer site words; ISIC 2017 has no site.
+ISIC2019_ROWS = {"MEL": 12, "BKL": 8, "NV": 20}
+ISIC2019_SITES = ("anterior torso", "posterior torso", "lateral torso", "upper extremity", "lower extremity",
+                  "head/neck", "palms/soles", "")
 COMPETITION = "siim-isic-melanoma-classification"
 # The tiny recipe: the shipped Kaggle config (its tfrecord folds included) with a small model and little data.
 TINY = {"backbone": "test_efficientnet", "backbone_weights": "none", "image_size": 64, "batch_size": 8,
         "epochs": 4, "folds": 2, "num_workers": 1, "mixed_precision": "no"}
 LONG_EPOCHS = 40  # sessions 2 and 3: a run far longer than session 2's time limit (see rehearse)
 TFRECORDS = 15  # cdeotte's jpeg-melanoma tables spread patients over 15 tfrecords
+ISIC2019_TFRECORDS = 30  # his 2019 table numbers its tfrecords past 15 (ISIC_0000001 is in tfrecord 18)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -86,16 +95,36 @@ def ham_rows(data: Path, per_dx: int) -> list[dict]:
     return [r for dx in sorted(by_dx) for r in random.Random(0).sample(by_dx[dx], min(per_dx, len(by_dx[dx])))]
 
 
+def isic2019_rows(data: Path, per_dx: dict[str, int] = ISIC2019_ROWS) -> list[dict]:
+    """Real ISIC 2017 training rows written as cdeotte's jpeg-isic2019 train.csv has them: the 2019 diagnosis
+    abbreviations, patient_id -1 (the 2019 set has no patient ids), blank unknowns, a typical original's width and
+    height (the 256 px copies here keep no other), and a tfrecord (round robin: each image is its own group)."""
+    folder = data / "isic2017"
+    meta = {r["image_id"]: r for r in _read_csv(folder / "ISIC-2017_Training_Data_metadata.csv")}
+    by_dx: dict[str, list[dict]] = {}
+    for r in _read_csv(folder / "ISIC-2017_Training_Part3_GroundTruth.csv"):
+        dx = "MEL" if float(r["melanoma"]) else "BKL" if float(r["seborrheic_keratosis"]) else "NV"
+        by_dx.setdefault(dx, []).append({**meta[r["image_id"]], "dx": dx})
+    picked = [r for dx, n in per_dx.items() for r in random.Random(0).sample(by_dx[dx], n)]
+    return [{"image_name": r["image_id"], "patient_id": -1, "sex": "" if r["sex"] == "unknown" else r["sex"],
+             "age_approx": "" if r["age_approximate"] == "unknown" else float(r["age_approximate"]),
+             "anatom_site_general_challenge": ISIC2019_SITES[i % len(ISIC2019_SITES)],
+             "diagnosis": r["dx"], "benign_malignant": "malignant" if r["dx"] == "MEL" else "benign",
+             "target": int(r["dx"] == "MEL"), "tfrecord": i % ISIC2019_TFRECORDS, "width": 1022, "height": 767}
+            for i, r in enumerate(picked)]
+
+
 def mount(inp: Path, kind: str, layout_name: str, owner: str, slug: str) -> Path:
     return inp / LAYOUTS[layout_name][kind].format(owner=owner, slug=slug)
 
 
 def build_input_tree(root: Path, layout_name: str, code_zip: Path, unpack: str, output: Path | None = None,
                      data: Path = DATA, isic_benign: int = 90, ham_per_dx: int = 14) -> Path:
-    """root/kaggle/input as Kaggle mounts it for one session: ISIC 2020 as jpeg-melanoma-256x256, HAM10000, the
+    """root/kaggle/input as Kaggle mounts it for one session: ISIC 2020 as jpeg-melanoma-256x256, HAM10000, ISIC
+    2019 as jpeg-isic2019-384x384 (same layout and columns as ISIC 2020: the notebook must tell them apart), the
     code zip unpacked `unpack` ("folder": into melanoma-triage/, "root": at the dataset root), a decoy
     competition folder whose train/ holds DICOMs, and `output` (an earlier session's /kaggle/working)."""
-    if not (data / "isic2020" / "train.csv").is_file():
+    if not all((data / name).exists() for name in ("isic2020/train.csv", "ham10000", "isic2017")):
         raise KaggleCliError(f"real data not found at {data}; set MELANOMA_DATA (layout: ../shared/data/README.md)")
     inp = root / "kaggle" / "input"
     shutil.rmtree(inp, ignore_errors=True)
@@ -110,6 +139,10 @@ def build_input_tree(root: Path, layout_name: str, code_zip: Path, unpack: str, 
     ham = mount(inp, "dataset", layout_name, *HAM)
     _write_csv(ham / "HAM10000_metadata.csv", ham_rows(data, ham_per_dx))
     os.symlink(data / "ham10000" / "images", ham / "HAM10000_images_part_1")
+
+    isic2019 = mount(inp, "dataset", layout_name, *ISIC2019)
+    _write_csv(isic2019 / "train.csv", isic2019_rows(data))
+    os.symlink(data / "isic2017" / "ISIC-2017_Training_Data", isic2019 / "train")
 
     comp = mount(inp, "competition", layout_name, "", COMPETITION)  # same columns, but DICOMs in train/
     _write_csv(comp / "train.csv", [{k: v for k, v in r.items() if k != "tfrecord"} for r in isic])
@@ -183,6 +216,18 @@ class Checks:
         return [c["check"] for c in self.done if not c["ok"]]
 
 
+def check_isic2019(check: Checks, report: dict, values: dict, text: str, run: Path, mock: Path) -> None:
+    """The ISIC 2019 mock was told apart from ISIC 2020 and trained on: the data cell chose it, every one of its
+    rows is in the run's folds (none of its images is in another source) and the class × source table has it."""
+    sources = [r["source"] for r in _read_csv(run / layout.FOLDS)]
+    report["trained_rows_by_source"] = {s: sources.count(s) for s in sorted(set(sources))}
+    table = re.search(r"^source\s+ham10000\s+isic2019\s+isic2020\s*$", text, re.M)
+    check(values.get("isic2019_dirs") == [str(mock)] and table is not None
+          and report["trained_rows_by_source"].get("isic2019") == sum(ISIC2019_ROWS.values()),
+          f"session 1: ISIC 2019 found apart from ISIC 2020 and trained on (rows by source "
+          f"{report['trained_rows_by_source']}; the class × source table has an isic2019 column)")
+
+
 def rehearse(root: Path, timeout: int) -> dict:
     """The three sessions and their checks; the report that rehearsal.json holds."""
     t0 = time.monotonic()
@@ -231,6 +276,7 @@ def rehearse(root: Path, timeout: int) -> dict:
     upload = _uploads(record)
     check(len(upload) == 1 and EXPECTED_UPLOAD <= set(upload[0]["files"]) and upload[0]["repo_id"] == HUB_REPO,
           f"session 1: one recorded upload to {HUB_REPO} holding the complete model folder")
+    check_isic2019(check, report, s1, text1, run1, mount(inp, "dataset", "flat", *ISIC2019))
     out1 = finish_session(root, "1-complete")
 
     # 2. The current layout, session 1's output attached, stopped by the time limit in its first fold. The limit

@@ -67,3 +67,61 @@ def test_crosscheck_reports_each_source_apart(reference, data_dir, tmp_path, cap
             <= figures["melanoma_auc_95ci"][1]
     printed = capsys.readouterr().out
     assert "| isic2017 validation (external) | 150 (30) |" in printed and "pooled" not in printed.lower()
+
+
+def test_against_pairs_two_models_on_the_same_images_and_seen_images_are_left_out(reference, data_dir, tmp_path,
+                                                                                  capsys):
+    run, _ = reference
+    model = run / "model"
+    # an "external" set in the challenge layout made of 12 ISIC 2020 images: 6 the model trained or validated
+    # on (in its folds.csv), 6 benign ones it never saw
+    folds = pd.read_csv(model / "folds.csv")
+    isic = pd.read_csv(data_dir / "isic2020" / "train.csv")
+    seen = folds[folds.source == "isic2020"].image_id.head(6).tolist()
+    unseen = isic[~isic.image_name.isin(folds.image_id)].image_name.head(6).tolist()  # (every melanoma was used)
+    external = tmp_path / "external"
+    (external / "X_Validation_Data").mkdir(parents=True)
+    picked = isic.set_index("image_name").loc[seen + unseen].reset_index()
+    for name in picked.image_name:
+        (external / "X_Validation_Data" / f"{name}.jpg").symlink_to(data_dir / "isic2020" / "train" / f"{name}.jpg")
+    pd.DataFrame({"image_id": picked.image_name, "melanoma": picked.target, "seborrheic_keratosis": 0}).to_csv(
+        external / "X_Validation_Part3_GroundTruth.csv", index=False)
+    pd.DataFrame({"image_id": picked.image_name, "age_approximate": picked.age_approx, "sex": picked.sex}).to_csv(
+        external / "X_Validation_Data_metadata.csv", index=False)
+    out = tmp_path / "cc.json"
+    assert crosscheck_main(["--model", str(model), "--against", str(model), "--external", f"{external}:Validation",
+                            "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    name = "x validation (external), 6 seen left out"
+    assert results[name]["images"] == 6 and results[name]["melanomas"] == 0
+    assert "6 of 12 images of x validation (external) were in the model's data" in capsys.readouterr().err
+    for figures in results.values():  # the same model against itself: no difference, on the same images
+        if figures["melanoma_auc"] is not None:
+            assert figures["against"]["difference"] == 0 and figures["against"]["difference_95ci"] == [0.0, 0.0]
+
+
+def test_leave_one_source_out_scores_the_source_the_run_never_saw(reference, subset, tmp_path, capsys):
+    import yaml
+
+    from conftest import tiny_args
+    from train.loso import main as loso_main
+
+    run, _ = reference
+    args = tiny_args(*subset, tmp_path / "unused", epochs=1, train_folds="[0]")
+    recipe = {k.lstrip("-"): yaml.safe_load(v) for k, v in zip(args[::2], args[1::2]) if k != "--output_dir"}
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "loso.json"
+    assert loso_main(["--reference", str(run / "model"), "--config", str(config), "--runs", str(tmp_path / "loso"),
+                      "--sources", "isic2020", "--epochs", "1", "--json", str(out)]) == 0
+    without = tmp_path / "loso" / "without_isic2020"
+    assert set(pd.read_csv(without / "folds.csv").source) == {"ham10000"}  # it never saw an ISIC 2020 image
+    [result] = json.loads(out.read_text())
+    folds = pd.read_csv(run / "model" / "folds.csv")
+    published = json.loads((run / "model" / "metrics.json").read_text())["published_fold"]
+    held_out = folds[(folds.fold == published) & (folds.source == "isic2020")]
+    assert result["without"]["images"] == result["with"]["images"] == len(held_out)
+    assert result["epochs"] == {"without": 1, "with": 2}
+    assert result["difference"] == pytest.approx(result["without"]["melanoma_auc"] - result["with"]["melanoma_auc"])
+    assert "| isic2020 |" in capsys.readouterr().out
+    assert loso_main(["--table", "--json", str(out)]) == 0

@@ -10,6 +10,7 @@ Run with `python -m pytest -m kaggle`.
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import os
 import re
@@ -90,7 +91,7 @@ def test_dry_run_stages_a_kernel_with_the_right_ids_and_inputs(dry_run):
     assert re.sub(r"[^a-z0-9]+", "-", meta["title"].lower()).strip("-") == meta["id"].split("/")[1]
     side = ks.default_isic_side(yaml.safe_load(KAGGLE_CONFIG.read_text())["image_size"])
     assert meta["dataset_sources"] == ["alice-k/melanoma-triage-code", f"cdeotte/jpeg-melanoma-{side}x{side}",
-                                       "kmader/skin-cancer-mnist-ham10000"]
+                                       "kmader/skin-cancer-mnist-ham10000", ks.ISIC2019_SLUG.format(side=side)]
     assert meta["competition_sources"] == []  # unused, and it needs its rules accepted
     assert meta["kernel_sources"] == [] and "docker_image_pinning_type" not in meta  # a first run: today's image
     assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_gpu"] and meta["enable_internet"]
@@ -440,6 +441,104 @@ def test_the_recipes_fold_comment_says_what_the_code_does():
     assert assign_folds(frame, 5, 0, [], "tfrecord").tolist() == [k % 5 for k in range(15)]
 
 
+# --- the data: ISIC 2020 and the ISIC 2019 set share a layout ----------------------------------------------------
+
+ISIC2020_WORDS = ["unknown", "nevus", "melanoma", "unknown", "seborrheic keratosis"]
+ISIC2019_WORDS = ["NV", "NV", "MEL", "BCC", "AK", "BKL", "SCC", "DF", "VASC"]
+
+
+def jpeg_folder(folder: Path, diagnoses: list[str]) -> Path:
+    """A folder in the jpeg-melanoma layout (cdeotte's ISIC 2020 and 2019 sets alike): the same columns, only the
+    diagnosis words differ; train/ holds (empty) JPEG files, all the search looks at."""
+    (folder / "train").mkdir(parents=True)
+    lines = ["image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,benign_malignant,target,"
+             "tfrecord,width,height"]
+    for i, dx in enumerate(diagnoses):
+        (folder / "train" / f"ISIC_{folder.name[:4]}{i}.jpg").write_bytes(b"")
+        mel = int(dx.lower() in ("mel", "melanoma"))
+        lines.append(f"ISIC_{folder.name[:4]}{i},-1,female,50.0,anterior torso,{dx},"
+                     f"{'malignant' if mel else 'benign'},{mel},{i % 15},1022,767")
+    (folder / "train.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("isic2020_name, isic2019_name", [
+    ("jpeg-melanoma-512x512", "jpeg-isic2019-384x384"),  # the 2019 set has the better size for 384 px
+    ("jpeg-melanoma-384x384", "jpeg-isic2019-384x384"),  # the 2019 set's path sorts first
+    ("jpeg-isic2019-384x384", "jpeg-melanoma-384x384"),  # names swapped: the contents decide
+])
+def test_the_isic2019_set_is_found_and_never_taken_for_isic2020(tmp_path, isic2020_name, isic2019_name):
+    """Both sets have train.csv with image_name, patient_id, target and train/*.jpg: only the diagnosis
+    vocabulary tells them apart (2019: MEL, NV, BCC, ...; 2020: words)."""
+    root = tmp_path / "input"
+    isic2020 = jpeg_folder(root / "datasets" / "cdeotte" / isic2020_name, ISIC2020_WORDS)
+    isic2019 = jpeg_folder(root / "datasets" / "cdeotte" / isic2019_name, ISIC2019_WORDS)
+    chosen, lines = ks.choose_isic(root, 384)
+    assert chosen == str(isic2020)
+    assert f"  skipped: {isic2019}: the ISIC 2019 set" in "\n".join(lines)
+    found, lines = ks.choose_isic2019(root, 384)
+    assert found == [str(isic2019)] and lines[0].startswith(f"ISIC 2019: {isic2019} (resized JPEG")
+
+
+def test_the_isic2019_set_prefers_the_same_size_as_isic2020_and_is_optional(tmp_path):
+    root = tmp_path / "input"
+    isic2020 = jpeg_folder(root / "jpeg-melanoma-384x384", ISIC2020_WORDS)
+    found, lines = ks.choose_isic2019(root, 384)
+    assert found == [] and lines == ["ISIC 2019: not attached (training continues without it; add "
+                                     "cdeotte/jpeg-isic2019-384x384 for the 1st place's external data)"]
+    small = jpeg_folder(root / "jpeg-isic2019-256x256", [d.lower() for d in ISIC2019_WORDS])  # any case
+    large = jpeg_folder(root / "jpeg-isic2019-512x512", ISIC2019_WORDS)
+    found, lines = ks.choose_isic2019(root, 384)
+    assert found == [str(large)] and lines[1] == f"  not chosen: {small} (resized JPEG (train/*.jpg))"
+    assert ks.choose_isic(root, 384)[0] == str(isic2020)
+    shutil.rmtree(isic2020)  # only the 2019 set: no ISIC 2020, and the error says the 2019 set is no substitute
+    with pytest.raises(SystemExit, match=r"add the dataset cdeotte/jpeg-melanoma-384x384 .*does not replace it"):
+        ks.choose_isic(root, 384)
+
+
+def test_the_notebook_trains_on_the_isic2019_set_when_it_is_attached(tmp_path):
+    """The data cell, run as it is, finds both sets and saves them in the session; the launch cell's data
+    options pass the 2019 set to training beside ISIC 2020 (train/sources/jpeg_melanoma.py reads both)."""
+    root = tmp_path / "input"
+    isic2020 = jpeg_folder(root / "jpeg-melanoma-384x384", ISIC2020_WORDS)
+    isic2019 = jpeg_folder(root / "jpeg-isic2019-384x384", ISIC2019_WORDS)
+    (root / "ham").mkdir()
+    (root / "ham" / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx,dx_type,age,sex,localization\n")
+    scope = {"ks": ks, "CODE": REPO, "CONFIG": "train/configs/kaggle_2xT4.yaml", "OVERRIDES": {},
+             "INPUT_ROOT": str(root), "SESSION": ks.Session(tmp_path)}
+    exec(cell("data"), scope)
+    options = [line for line in cell("launch").splitlines() if line.startswith("DATA_OPTIONS = ")]
+    exec(options[0], scope)
+    assert scope["DATA_OPTIONS"] == {"isic_dirs": [str(isic2020), str(isic2019)], "ham_dirs": [str(root / "ham")]}
+    saved = json.loads((tmp_path / ks.SESSION_FILE).read_text())
+    assert saved["isic_dir"] == str(isic2020) and saved["isic2019_dirs"] == [str(isic2019)]
+    assert yaml.safe_load(KAGGLE_CONFIG.read_text())["isic_dirs"][1].endswith("/jpeg-isic2019-384x384")
+
+
+def test_the_rehearsal_mocks_the_isic2019_set_from_isic2017_images(tmp_path, data_dir, code_zip):
+    """cdeotte/jpeg-isic2019-384x384 in its layout: the 2019 abbreviations, patient_id -1, finer sites, tfrecords;
+    images symlinked from the real ISIC 2017 training set; training's own reader takes it as isic2019."""
+    from train.sources.jpeg_melanoma import load_jpeg_melanoma
+
+    inp = kaggle_rehearse.build_input_tree(tmp_path, "flat", code_zip, "root", data=data_dir, isic_benign=10,
+                                           ham_per_dx=2)
+    mock = kaggle_rehearse.mount(inp, "dataset", "flat", *kaggle_rehearse.ISIC2019)
+    with open(mock / "train.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge",
+                                 "diagnosis", "benign_malignant", "target", "tfrecord", "width", "height"]
+    assert {r["patient_id"] for r in rows} == {"-1"} and {r["diagnosis"] for r in rows} == {"MEL", "NV", "BKL"}
+    assert "anterior torso" in {r["anatom_site_general_challenge"] for r in rows}
+    assert len(rows) == sum(kaggle_rehearse.ISIC2019_ROWS.values())
+    assert (mock / "train").resolve() == (data_dir / "isic2017" / "ISIC-2017_Training_Data").resolve()
+    assert ks.choose_isic(inp, 64)[0] == str(kaggle_rehearse.mount(inp, "dataset", "flat", *kaggle_rehearse.ISIC))
+    assert ks.choose_isic2019(inp, 64)[0] == [str(mock)]
+    frame = load_jpeg_melanoma(mock)
+    assert set(frame.source) == {"isic2019"} and len(frame) == len(rows)
+    assert (frame.label == "mel").sum() == kaggle_rehearse.ISIC2019_ROWS["MEL"] and set(frame.site) >= {"torso"}
+
+
 # --- outcome: status.json, never the launcher's exit code -----------------------------------------------------
 
 def test_time_limit_is_read_from_status_json_not_the_exit_code(tmp_path):
@@ -464,6 +563,7 @@ def test_kaggle_recipe_fits_one_session_on_paper():
     cfg = yaml.safe_load(KAGGLE_CONFIG.read_text())
     plan = float(re.search(r"PLAN_IMAGES_PER_S_PER_GPU = ([\d.]+)", cell("parameters")).group(1))
     images = 33_126 - 424 + 10_015  # ISIC 2020 less one of each known duplicate pair, + HAM10000 (README)
+    images += 25_331 - 10_015  # + ISIC 2019's training set less its copies of HAM10000 (HAM's rows win)
     train, val = images * (cfg["folds"] - 1) / cfg["folds"], images / cfg["folds"]
     hours = cfg["folds"] * cfg["epochs"] * (train / (2 * plan) + val / (2 * 3 * plan)) / 3600
     assert hours <= 11 - 1.5, f"{hours:.1f} h"
@@ -542,6 +642,14 @@ def test_rehearsal_runs_the_notebook_as_three_kaggle_sessions_in_kaggles_image_a
     assert report["processes"] == 2 and report["code_delivery"] == "zip"
     assert set(report["layouts"]) == {"current", "flat"} and set(report["code_unpacked"]) == {"folder", "root"}
     assert [s["status"] for s in report["sessions"]] == ["complete", "time_limit", "complete"]
+    # the ISIC 2019 mock was trained on: every one of its rows is in session 1's folds and class x source table
+    assert report["trained_rows_by_source"]["isic2019"] == sum(kaggle_rehearse.ISIC2019_ROWS.values())
+    assert set(report["trained_rows_by_source"]) == {"isic2020", "ham10000", "isic2019"}
+    folds = (out / "outputs" / "1-complete" / "runs" / "rehearsal-a" / layout.FOLDS).read_text()
+    assert folds.count(",isic2019,") == sum(kaggle_rehearse.ISIC2019_ROWS.values())
+    text = kaggle_rehearse.notebook_text(out / "executed-1-complete.ipynb")
+    assert re.search(r"^ISIC 2019: \S+/jpeg-isic2019-384x384 ", text, re.M)
+    assert re.search(r"^source\s+ham10000\s+isic2019\s+isic2020\s*$", text, re.M)
     uploads = [c for c in json.loads((out / "hub-record.json").read_text())["calls"] if c["call"] == "upload_folder"]
     assert len(uploads) == 2 and all(kaggle_rehearse.EXPECTED_UPLOAD <= set(u["files"]) for u in uploads)
     # the ISIC images of the rehearsal are symlinks into the shared data, never copies

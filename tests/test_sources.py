@@ -15,18 +15,6 @@ from train.data import LesionDataset, load_sources
 from train.errors import DataError
 from train.model import MelanomaModel
 from train.onnx_export import export_onnx
-from train.sources.isic_challenge import load_isic_challenge
-
-
-def test_the_challenge_layout_reads_the_real_isic2017_files(data_dir):
-    train = load_isic_challenge(data_dir / "isic2017", "Training")
-    assert len(train) == 1975 and train.label.value_counts().to_dict() == {"nv": 1355, "mel": 369, "bkl": 251}
-    assert (train.site == "unknown").all()  # the challenge gives no anatomical site
-    assert train.age.isna().sum() > 0 and train.age.dropna().mod(5).eq(0).all()  # 5-year steps or unknown
-    assert set(train.sex) <= {"male", "female", "unknown"} and train.group.is_unique  # each image its own group
-    val = load_isic_challenge(data_dir / "isic2017", "Validation")
-    assert len(val) == 150 and (val.label == "mel").sum() == 30 and (val.label == "bkl").sum() == 42
-    assert not set(val.image_id) & set(train.image_id)
 
 
 def test_a_run_trains_on_the_challenge_training_part_only(data_dir):

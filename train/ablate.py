@@ -25,6 +25,7 @@ import yaml
 from inference.layout import METRICS, MODEL_DIR, STATUS
 
 from .baselines import compare
+from .crosscheck import crosscheck
 from .errors import ConfigError, DataError
 
 PLAN = Path("train/configs/ablations.yaml")
@@ -64,9 +65,12 @@ def result_path(plan: dict, name: str) -> Path:
     return Path(plan["results"]) / f"{name}.json"
 
 
-def against(plan: dict, name: str) -> Path:
+def against(plan: dict, name: str) -> Path | None:
+    """The run `name` is compared with: its `against`, else the plan's `reference`; None when neither is set."""
     other = options(plan, name).get("against")
-    return folder(plan, other) if other else Path(plan["reference"])
+    if other:
+        return folder(plan, other)
+    return Path(plan["reference"]) if plan.get("reference") else None
 
 
 def run_status(run_dir: Path) -> str:
@@ -82,7 +86,7 @@ def state(plan: dict, name: str) -> str:
 def run(plan: dict, name: str) -> dict:
     """Train (unless complete; --resume if started), then compare and write the result."""
     run_dir, other = folder(plan, name), against(plan, name)
-    if not other.is_dir():  # before training: the comparison is the point of the run
+    if other is not None and not other.is_dir():  # before training: the comparison is the point of the run
         how = (f"run `python -m train.ablate {options(plan, name)['against']}` first"
                if "against" in options(plan, name) else "see the comment on `reference` in the plan file")
         raise DataError(f"{name} is compared with {other}, which does not exist; {how}.")
@@ -94,32 +98,56 @@ def run(plan: dict, name: str) -> dict:
             raise DataError(f"training {name} stopped with exit code {code}; run the same command to resume.")
     metrics = json.loads((run_dir / MODEL_DIR / METRICS).read_text())
     logs = [pd.read_csv(log) for log in sorted(run_dir.glob("fold*/log.csv"))]
-    result = {"name": name, "options": plan["ablations"][name], "against": str(other),
+    externals = plan.get("externals", [])
+    model, other_model = run_dir / MODEL_DIR, None if other is None else _model_dir(other)
+    result = {"name": name, "options": plan["ablations"][name], "against": None if other is None else str(other),
               "train_minutes": float(sum(log.epoch_seconds.sum() for log in logs) / 60),
               "epochs": int(sum(len(log) for log in logs)),
-              "metrics": {k: metrics[k] for k in ("melanoma_auc_ham10000", "melanoma_auc_isic2020",
-                                                  "sensitivity_at_90_specificity", "ece_after_temperature",
-                                                  "diagnosis_balanced_accuracy")},
-              "compare": compare(run_dir, other)}
+              "metrics": {k: metrics.get(k) for k in ("melanoma_auc_ham10000", "melanoma_auc_isic2020",
+                                                      "melanoma_auc_isic2017", "sensitivity_at_90_specificity",
+                                                      "ece_after_temperature", "diagnosis_balanced_accuracy")},
+              "compare": None if other is None else compare(run_dir, other),
+              # every source's own validation rows and the external sets, through the Predictor (train.crosscheck)
+              "crosscheck": crosscheck(model, externals, other_model) if externals else None}
     result_path(plan, name).parent.mkdir(parents=True, exist_ok=True)
     result_path(plan, name).write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
+def _model_dir(run: Path) -> Path:
+    return run / MODEL_DIR if (run / MODEL_DIR).is_dir() else run
+
+
+def _difference(figures: dict | None) -> str:
+    """'+0.012 (-0.004 to +0.027)', or '–' without a comparison."""
+    if not figures or figures.get("difference_ci95") is None:
+        return "–"
+    lo, hi = figures["difference_ci95"]
+    return f"{figures['difference']:+.3f} ({lo:+.3f} to {hi:+.3f})"
+
+
 def row(result: dict) -> str:
-    m, ham = result["metrics"], result["compare"]["ham10000"]
-    lo, hi = ham["difference_ci95"]
+    m = result["metrics"]
+    ham = (result["compare"] or {}).get("ham10000", {"auc": m["melanoma_auc_ham10000"]})
     options = ", ".join(f"{k} {v}" for k, v in result["options"].items() if k != "against")
-    return (f"| {result['name']}: {options} | {ham['auc']:.3f} | {ham['difference']:+.3f} ({lo:+.3f} to {hi:+.3f}) "
-            f"vs {Path(result['against']).name} | {m['sensitivity_at_90_specificity']:.3f} | "
-            f"{m['ece_after_temperature']:.3f} | {m['diagnosis_balanced_accuracy']:.3f} | "
-            f"{result['train_minutes']:.0f} | `python -m train.ablate {result['name']}` |")
+    versus = f" vs {Path(result['against']).name}" if result["against"] else ""
+    line = (f"| {result['name']}: {options} | {ham['auc']:.3f} | {_difference(ham) if 'difference' in ham else '–'}"
+            f"{versus} | {m['sensitivity_at_90_specificity']:.3f} | {m['diagnosis_balanced_accuracy']:.3f} |")
+    external = next(((k, v) for k, v in (result.get("crosscheck") or {}).items() if "external" in k), None)
+    if external:
+        _, f = external
+        line += (f" {f['melanoma_auc']:.3f} | {_difference(f.get('against'))} | {f['guard_refuses']:.1%} | "
+                 f"{f['melanomas_refused_or_low']:.1%} |")
+    else:
+        line += " – | – | – | – |"
+    return line + f" {result['train_minutes']:.0f} | `python -m train.ablate {result['name']}` |"
 
 
 def table(plan: dict) -> str:
-    lines = ["| ablation (3 epochs on fold 0 unless it says) | melanoma AUC, HAM rows | difference, paired 95 % CI | "
-             "sens @ 90 % spec | ECE after T | balanced accuracy | train min | command |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| ablation (3 epochs on fold 0 unless it says) | melanoma AUC, HAM rows (in-source) | difference, paired "
+             "95 % CI | sens @ 90 % spec | balanced accuracy | melanoma AUC, external | difference, paired 95 % CI | "
+             "guard refuses, external | melanomas refused or low, external | train min | command |",
+             "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     for name in plan["ablations"]:
         path = result_path(plan, name)
         if path.is_file():
@@ -130,7 +158,8 @@ def table(plan: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.ablate", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="ablations to run, in order (train/configs/ablations.yaml)")
-    parser.add_argument("--plan", type=Path, default=PLAN)
+    parser.add_argument("--plan", type=Path, default=PLAN, help="default: %(default)s; the cross-source decisions "
+                                                                   "(issue 24) are train/configs/ablations_sources.yaml")
     parser.add_argument("--list", action="store_true", help="list the ablations and their state")
     parser.add_argument("--table", action="store_true", help="print the README table of the finished ones")
     args = parser.parse_args(argv)

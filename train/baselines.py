@@ -139,7 +139,7 @@ def paired(rows: pd.DataFrame, a: np.ndarray, b: np.ndarray) -> dict:
     """Per source: melanoma AUC of class probabilities `a` and `b` for the same rows, their difference and its
     95 % paired-bootstrap interval."""
     result = {}
-    for source in ("ham10000", "isic2020"):
+    for source in sorted(set(rows.source)):
         keep = (rows.source == source).to_numpy()
         y = (rows.label[keep] == "mel").to_numpy().astype(int)
         mel_a, mel_b = a[keep, CLASSES.index("mel")], b[keep, CLASSES.index("mel")]
