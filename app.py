@@ -75,9 +75,10 @@ def predict(predictor: Predictor, uploads: Path, image: dict | None, age: float 
             sex: str | None = None, site: str | None = None) -> dict:
     """Assess one dermoscopic image with optional age (0-100), sex and anatomical site; blank = unknown.
     Returns the inference.Predictor.predict dict: melanoma_probability, malignant_probability,
-    diagnosis (class -> probability, most likely first), in_distribution (false: not a dermoscopic
-    image), ood_score, triage (band with its validation sensitivity/specificity), metadata as read,
-    model_id, model_revision."""
+    diagnosis (class -> probability, most likely first), in_distribution (false: clearly not a
+    dermoscopic image, no number should be shown), caution (null, or one sentence: the image or its colours
+    are unlike the training images, the number is less reliable), ood_score, colour_score, triage (band with
+    its validation sensitivity/specificity; null when refused), metadata as read, model_id, model_revision."""
     path = upload_path(image, uploads)
     if path is None:
         raise refuse("No image: upload a dermoscopic photo (JPEG, PNG, WebP, BMP, TIFF or GIF).")
@@ -97,6 +98,8 @@ def show(answer: dict) -> tuple:
     headline = f"## Melanoma probability: {mel:.1%}\nBenign {1 - malignant:.1%} · malignant {malignant:.1%}"
     if answer["in_distribution"] is None:
         headline += "\n\n*This model has no out-of-scope guard: it cannot tell whether the image is dermoscopic.*"
+    if answer.get("caution"):
+        headline += f"\n\n> ⚠️ **Caution:** {answer['caution']}"
     benign_malignant = {"Malignant (melanoma, basal cell carcinoma, AK/IEC)": malignant, "Benign": 1 - malignant}
     ddx = {CLASS_NAMES[c]: p for c, p in answer["diagnosis"].items()}
     return headline, benign_malignant, ddx, describe(answer)

@@ -36,8 +36,8 @@ from .hub_standin import LOOPBACK, HubStandin
 from .stage import BUNDLED, REPO, DeployError, front_matter, front_matter_models, front_matter_value
 
 # The answer's keys: the /predict API documented in the README ("Call the app from a program").
-ANSWER_KEYS = {"melanoma_probability", "malignant_probability", "diagnosis", "in_distribution", "ood_score", "guard",
-               "triage", "metadata", "tta", "model_id", "model_revision", "backend"}
+ANSWER_KEYS = {"melanoma_probability", "malignant_probability", "diagnosis", "in_distribution", "caution", "ood_score",
+               "colour_score", "guard", "triage", "metadata", "tta", "model_id", "model_revision", "backend"}
 OUT_OF_SCOPE_DX = "not a lesion"  # examples.csv's dx for the example the guard must refuse
 STANDIN_REPO = "rehearsal/melanoma-model"  # the Hub leg's repo id when the stage names no `models:`
 PIP_TIMEOUT_S = 1200

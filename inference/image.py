@@ -176,23 +176,32 @@ def shades_of_gray(array: np.ndarray, power: float = 6.0) -> np.ndarray:
     return (np.clip(pixels, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
 
 
-def prepare(image: np.ndarray, size: int, colour: str = "none") -> np.ndarray:
-    """Resize the shorter side to `size`, centre-crop a square and apply the model's colour correction
-    (`colour`, from its config.json): uint8 array (size, size, 3). The one preprocessing function of
-    training (`train.data.LesionDataset`) and serving (the Predictor, Grad-CAM, the guard's fit).
+def crop(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize the shorter side to `size` and centre-crop a square: a fresh uint8 array (size, size, 3).
 
     A crop, not a squash: lesion shape (asymmetry, border) is a melanoma cue that squashing a 4:3
     HAM10000 photo would distort, and dermoscopy centres the lesion.
     """
-    if colour not in COLOUR_CONSTANCY:
-        raise ValueError(f"colour correction must be one of {', '.join(COLOUR_CONSTANCY)}, got {colour!r}.")
     array = np.asarray(image)
     resized = resize_shorter(array, size)
     height, width = resized.shape[:2]
-    if (width, height) != (size, size) or resized is array:
-        left, top = (width - size) // 2, (height - size) // 2
-        resized = resized[top:top + size, left:left + size].copy()  # contiguous, never the caller's own array
-    return shades_of_gray(resized) if colour == "shades_of_gray" else resized
+    if (width, height) == (size, size) and resized is not array:
+        return resized  # OpenCV's fresh, contiguous square: nothing to crop (saves a copy per image)
+    left, top = (width - size) // 2, (height - size) // 2
+    return resized[top:top + size, left:left + size].copy()  # contiguous, never the caller's own array
+
+
+def correct_colour(square: np.ndarray, colour: str) -> np.ndarray:
+    """The model's colour correction (`colour`, from its config.json) of a cropped square."""
+    if colour not in COLOUR_CONSTANCY:
+        raise ValueError(f"colour correction must be one of {', '.join(COLOUR_CONSTANCY)}, got {colour!r}.")
+    return shades_of_gray(square) if colour == "shades_of_gray" else square
+
+
+def prepare(image: np.ndarray, size: int, colour: str = "none") -> np.ndarray:
+    """`crop`, then `correct_colour`: uint8 array (size, size, 3). The one preprocessing function of training
+    (`train.data.LesionDataset`) and serving (the Predictor, Grad-CAM, the guard's fit)."""
+    return correct_colour(crop(image, size), colour)
 
 
 def scale_shift(mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 from . import metadata as md
 from .guard import UNAVAILABLE, Guard
 from .hub import resolve
-from .image import ImageInput, open_image, prepare, to_input
+from .image import ImageInput, correct_colour, crop, open_image, to_input
 from .layout import ONNX, WEIGHTS
 from .model import HEAD_WEIGHT, MALIGNANT, ModelConfig, probabilities
 from .onnx_backend import EMBEDDING, LOGITS, OnnxSession
@@ -83,15 +83,23 @@ class Predictor:
         """The context a step of the flow runs in: nothing, unless `timer` is set."""
         return self.timer(name) if self.timer is not None else nullcontext()
 
+    def square(self, image: ImageInput) -> np.ndarray:
+        """Open one image and crop the model's square from it, as uploaded: uint8 (S, S, 3). Raises `ImageError`."""
+        with self.step("decode"):
+            pixels = open_image(image, min_side=self.config.image_size)
+        with self.step("resize + centre crop"):
+            return crop(pixels, self.config.image_size)
+
+    def to_model_input(self, square: np.ndarray) -> np.ndarray:
+        """A cropped square → the model's (3, S, S) float32 input: its colour correction, then normalisation;
+        with `square`, `inference.image.prepare` + `to_input`, exactly as training feeds the model."""
+        c = self.config
+        with self.step("normalise"):
+            return to_input(correct_colour(square, c.colour_constancy), c.mean, c.std)
+
     def model_input(self, image: ImageInput) -> np.ndarray:
         """Open + eval-transform one image into the model's (3, S, S) float32 input. Raises `ImageError`."""
-        c = self.config
-        with self.step("decode"):
-            pixels = open_image(image, min_side=c.image_size)
-        with self.step("resize + centre crop"):
-            square = prepare(pixels, c.image_size, c.colour_constancy)
-        with self.step("normalise"):
-            return to_input(square, c.mean, c.std)
+        return self.to_model_input(self.square(image))
 
     def forward(self, images: np.ndarray, meta: np.ndarray, tta: bool = False,
                 outputs: Sequence[str] = (LOGITS, EMBEDDING)) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -110,17 +118,21 @@ class Predictor:
         # dihedral_views puts the untransformed images first: the guard was fitted on those.
         return probs, [o[:batch] for o in others]
 
-    def _answer(self, probs: np.ndarray, ood: float | None, meta: md.Metadata, tta: bool) -> dict[str, Any]:
+    def _answer(self, probs: np.ndarray, ood: float | None, colour: float | None, meta: md.Metadata,
+                tta: bool) -> dict[str, Any]:
         values = dict(zip(self.classes, (float(p) for p in probs)))
         guarded = self.guard is not None
-        in_distribution = bool(ood <= self.guard.threshold) if guarded else None
+        in_distribution, caution = self.guard.verdict(ood, colour) if guarded else (None, None)
         return {
             "melanoma_probability": values["mel"],
             "malignant_probability": sum(values[c] for c in MALIGNANT),
             "diagnosis": dict(sorted(values.items(), key=lambda kv: kv[1], reverse=True)),
             "in_distribution": in_distribution,
+            "caution": caution,
             "ood_score": ood,
-            "guard": {"available": True, "threshold": self.guard.threshold} if guarded else
+            "colour_score": colour,
+            "guard": {"available": True, "refuse_above": self.guard.refuse, "caution_above": self.guard.caution,
+                      "colour_limit": self.guard.colour_limit} if guarded else
                      {"available": False, "reason": UNAVAILABLE},
             # no band for an image the guard refuses: a program reading only `triage` must not act on a cat
             "triage": None if in_distribution is False else triage(values["mel"], self.operating_points),
@@ -136,9 +148,11 @@ class Predictor:
         """Assess one image. Raises ValueError (or its subclass ImageError) for bad input.
 
         Returns a plain dict: melanoma_probability, malignant_probability, diagnosis (class →
-        probability, most likely first), in_distribution (False: not like a dermoscopic image; None:
-        no guard), ood_score, guard, triage (band + validation sensitivity/specificity, or None),
-        metadata (as interpreted), tta, model_id, model_revision, backend.
+        probability, most likely first), in_distribution (False: clearly not a skin lesion under a
+        dermatoscope, the number is not to be shown; None: no guard), caution (None, or one sentence: a lesion
+        unlike the training images, or colours unlike a dermatoscope's), ood_score, colour_score, guard,
+        triage (band + validation sensitivity/specificity, or None when refused), metadata (as interpreted),
+        tta, model_id, model_revision, backend.
         """
         return self.predict_batch([image], [age], [sex], [site], tta=tta)[0]
 
@@ -165,15 +179,17 @@ class Predictor:
         answers: list[dict[str, Any]] = []
         for start in range(0, n, batch_size):
             chunk = range(start, min(start + batch_size, n))
-            pixels = np.stack([self.model_input(images[i]) for i in chunk])
+            squares = np.stack([self.square(images[i]) for i in chunk])
+            pixels = np.stack([self.to_model_input(s) for s in squares])
             outputs = (LOGITS, EMBEDDING) if self.guard is not None else (LOGITS,)
             probs, others = self.forward(pixels, encoded[start:chunk.stop], tta=tta, outputs=outputs)
             ood: list = [None] * len(chunk)
+            colour: list = [None] * len(chunk)
             if self.guard is not None:
                 with self.step("guard"):
-                    ood = self.guard.score(others[0]).tolist()
+                    ood, colour = self.guard.score(others[0]).tolist(), self.guard.colour_score(squares).tolist()
             with self.step("answer"):
-                answers += [self._answer(p, o, metas[i], tta) for p, o, i in zip(probs, ood, chunk)]
+                answers += [self._answer(p, o, c, metas[i], tta) for p, o, c, i in zip(probs, ood, colour, chunk)]
             if progress is not None:
                 progress(len(chunk))
         return answers

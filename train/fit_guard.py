@@ -1,7 +1,7 @@
 """Fit the out-of-scope guard and the operating points for an existing model folder.
 
-    python -m train.fit_guard --model output/default              # data paths from its training_config.yaml
-    python -m train.fit_guard --model output/default --evaluate   # then measure it (train.guard_eval)
+    python -m train.fit_guard --model output/default     # data paths from its training_config.yaml
+    python -m train.guard_eval --model output/default    # then measure it, and the alternatives
 
 The guard statistics come from the model's training rows, the guard threshold and the triage
 lines from its validation rows (folds.csv: the fold the model was validated on), all scored by the
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ import pandas as pd
 import torch
 
 from inference import metadata as md
-from inference.guard import Guard, features
-from inference.image import eval_transform, open_image
+from inference.guard import Guard, colour_features, features, mahalanobis
+from inference.image import correct_colour, crop, open_image, to_input
 from inference.layout import FOLDS, TRAINING_CONFIG
 from inference.model import probabilities
 from inference.triage import OPERATING_POINTS
@@ -33,7 +34,8 @@ from .model import MelanomaModel
 
 
 class _Rows(torch.utils.data.Dataset):
-    """The rows' images through the eval transform, with their encoded metadata: what serving feeds the model."""
+    """The rows' images as training and serving see them, with their encoded metadata and the colour statistics
+    of the square as uploaded (before any colour correction): what serving computes for each answer."""
 
     def __init__(self, model: MelanomaModel, rows: pd.DataFrame) -> None:
         self.size, self.mean, self.std, self.colour = model.image_size, model.mean, model.std, model.colour_constancy
@@ -45,40 +47,57 @@ class _Rows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = eval_transform(open_image(self.paths[i], min_side=self.size), self.size, self.mean, self.std,
-                               self.colour)
-        return torch.from_numpy(image), torch.from_numpy(self.meta[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        square = crop(open_image(self.paths[i], min_side=self.size), self.size)
+        image = to_input(correct_colour(square, self.colour), self.mean, self.std)
+        return torch.from_numpy(image), torch.from_numpy(self.meta[i]), torch.from_numpy(colour_features(square[None])[0])
+
+
+@dataclass
+class Embedded:
+    """What the guard fit needs of each row: pooled embedding (N, D), melanoma probability (N,), colour (N, 5)."""
+
+    embeddings: np.ndarray
+    probabilities: np.ndarray
+    colours: np.ndarray
 
 
 @torch.inference_mode()
-def embed_rows(model: MelanomaModel, rows: pd.DataFrame, batch_size: int = 64,
-               num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(pooled embeddings (N, D), melanoma probabilities (N,)) for rows with `path` (+ age/sex/site).
-
-    Batches through a data loader on the model's device (the training GPU at the end of a run): the guard
-    fit embeds every training image, ~43k on Kaggle, and one image at a time would take most of the session's
-    last minutes."""
+def embed_rows(model: MelanomaModel, rows: pd.DataFrame, batch_size: int = 64, num_workers: int = 0) -> Embedded:
+    """The rows (`path`, + age/sex/site) through the model, batched through a data loader on the model's device
+    (the training GPU at the end of a run): the guard fit embeds every training image, ~43k on Kaggle, and one
+    image at a time would take most of the session's last minutes."""
     device = next(model.parameters()).device
     model.eval()
     mel = model.classes.index("mel")
-    embeddings, probs = [], []
+    embeddings, probs, colours = [], [], []
     loader = torch.utils.data.DataLoader(_Rows(model, rows), batch_size=batch_size, num_workers=num_workers)
-    for images, meta in loader:
+    for images, meta, colour in loader:
         logits, embedding = model.head_and_embedding(model.forward_features(images.to(device)), meta.to(device))
         embeddings.append(embedding.float().cpu().numpy())
         probs.append(probabilities(logits.float().cpu().numpy(), model.temperature)[:, mel])
-    return np.concatenate(embeddings), np.concatenate(probs)
+        colours.append(colour.numpy())
+    return Embedded(np.concatenate(embeddings), np.concatenate(probs), np.concatenate(colours))
 
 
-def fit_statistics(train_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and Ledoit-Wolf precision of the guard features, rounded to the float32 that is stored."""
+def _rounded(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array).astype(np.float32).astype(np.float64)  # what is stored is what was measured
+
+
+def fit_statistics(x: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(means (K, D), shared Ledoit-Wolf precision (D, D)) of points `x`: one mean per label (the nearest-class
+    guard, within-class covariance) or, with no labels, a single Gaussian (the guard before issue 22)."""
     from sklearn.covariance import LedoitWolf
 
-    x = features(train_embeddings)
-    fitted = LedoitWolf().fit(x)
-    return (fitted.location_.astype(np.float32).astype(np.float64),
-            fitted.precision_.astype(np.float32).astype(np.float64))
+    if labels is None:
+        fitted = LedoitWolf().fit(x)
+        return _rounded(fitted.location_[None]), _rounded(fitted.precision_)
+    labels = np.asarray(labels)
+    classes = sorted(set(labels))
+    means = np.stack([x[labels == c].mean(axis=0) for c in classes])
+    centred = x - means[np.searchsorted(classes, labels)]
+    fitted = LedoitWolf(assume_centered=True).fit(centred)
+    return _rounded(means), _rounded(fitted.precision_)
 
 
 def threshold_for(scores: np.ndarray, max_flagged: float) -> float:
@@ -86,6 +105,25 @@ def threshold_for(scores: np.ndarray, max_flagged: float) -> float:
     ordered = np.sort(scores)
     allowed = int(np.floor(max_flagged * len(ordered)))
     return float(ordered[len(ordered) - allowed - 1])
+
+
+# The lines, as shares of the validation images (in sample) that fall beyond them. Refusal hides the number, so it
+# is kept rare (held out it must stay ≤ 1 %); a caution costs little, so it catches four times as many.
+MAX_REFUSED, MAX_CAUTIONED, MAX_COLOUR = 0.005, 0.02, 0.01
+
+
+def build_guard(train: Embedded, train_labels: np.ndarray | None, val: Embedded,
+                max_refused: float = MAX_REFUSED, max_cautioned: float = MAX_CAUTIONED,
+                max_colour: float = MAX_COLOUR) -> tuple[Guard, np.ndarray, np.ndarray]:
+    """The guard fitted on `train` and its lines set on `val`; (guard, val embedding scores, val colour scores).
+    `train_labels` None gives the single-Gaussian alternative."""
+    means, precision = fit_statistics(features(train.embeddings), train_labels)
+    colour_mean, colour_precision = fit_statistics(train.colours)
+    scores = mahalanobis(features(val.embeddings), means, precision)
+    colours = mahalanobis(val.colours, colour_mean, colour_precision)
+    guard = Guard(means, precision, threshold_for(scores, max_refused), threshold_for(scores, max_cautioned),
+                  colour_mean[0], colour_precision, threshold_for(colours, max_colour))
+    return guard, scores, colours
 
 
 def operating_points(probs: np.ndarray, target: np.ndarray, what: str, sources: np.ndarray | None = None) -> dict:
@@ -119,28 +157,29 @@ def operating_points(probs: np.ndarray, target: np.ndarray, what: str, sources: 
     return points
 
 
-def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame, max_flagged: float = 0.02,
-              what: str = "validation rows", num_workers: int = 0) -> dict:
+def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame, what: str = "validation rows",
+              num_workers: int = 0) -> dict:
     """Fit guard.safetensors + guard.json and operating_points.json in `model_dir`; returns a summary.
 
-    train_rows: `path` (images the model was trained on). val_rows: `path`, `target` (1 = melanoma),
-    optional age/sex/site. The threshold flags at most `max_flagged` of the validation images. Scored on the
-    GPU when there is one, with `num_workers` loader processes."""
+    train_rows: `path`, `label` (images the model was trained on). val_rows: `path`, `target` (1 = melanoma),
+    optional source, age/sex/site. The lines are set on the validation images (MAX_REFUSED, MAX_CAUTIONED,
+    MAX_COLOUR). Scored on the GPU when there is one, with `num_workers` loader processes."""
     model_dir = Path(model_dir)
     model = MelanomaModel.from_pretrained(str(model_dir)).to("cuda" if torch.cuda.is_available() else "cpu")
-    mean, precision = fit_statistics(embed_rows(model, train_rows, num_workers=num_workers)[0])
-    val_embeddings, val_probs = embed_rows(model, val_rows, num_workers=num_workers)
-    scores = Guard(mean, precision, np.inf).score(val_embeddings)
-    guard = Guard(mean, precision, threshold_for(scores, max_flagged))
-    flagged = float((scores > guard.threshold).mean())
-    info = {"fitted_on": f"{len(train_rows)} training images", "threshold_set_on": f"{len(val_rows)} {what}",
-            "max_flagged": max_flagged, "validation_flagged": flagged}
+    train = embed_rows(model, train_rows, num_workers=num_workers)
+    val = embed_rows(model, val_rows, num_workers=num_workers)
+    guard, scores, colours = build_guard(train, train_rows["label"].to_numpy(), val)
+    info = {"fitted_on": f"{len(train_rows)} training images ({len(guard.means)} diagnoses)",
+            "lines_set_on": f"{len(val_rows)} {what}",
+            "validation_refused": float((scores > guard.refuse).mean()),
+            "validation_cautioned": float(((scores > guard.caution) & (scores <= guard.refuse)).mean()),
+            "validation_colour_cautioned": float((colours > guard.colour_limit).mean())}
     guard.save(model_dir, info)
     sources = val_rows["source"].to_numpy() if "source" in val_rows else None
-    points = operating_points(val_probs, val_rows["target"].to_numpy(), f"{len(val_rows)} {what}", sources)
+    points = operating_points(val.probabilities, val_rows["target"].to_numpy(), f"{len(val_rows)} {what}", sources)
     (model_dir / OPERATING_POINTS).write_text(json.dumps(points, indent=1) + "\n")
-    return {"guard": {"threshold": guard.threshold, **info}, "operating_points": points,
-            "validation_scores": scores, "validation_probabilities": val_probs}
+    return {"guard": {"refuse": guard.refuse, "caution": guard.caution, "colour_limit": guard.colour_limit, **info},
+            "operating_points": points, "validation_scores": scores, "validation_probabilities": val.probabilities}
 
 
 def model_rows(model_dir: Path, fold: int | None, **dirs: list[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -171,27 +210,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ham_dirs", nargs="*", help="default: the model's training_config.yaml")
     parser.add_argument("--challenge_dirs", nargs="*", help="default: the model's training_config.yaml")
     parser.add_argument("--fold", type=int, help="the validation fold (default: the config's one train fold)")
-    parser.add_argument("--max_flagged", type=float, default=0.02)
-    parser.add_argument("--evaluate", action="store_true", help="measure the guard after fitting (or as fitted)")
-    parser.add_argument("--no_fit", action="store_true", help="with --evaluate: keep the fitted files")
     args = parser.parse_args(argv)
     try:
         train_rows, val_rows = model_rows(args.model, args.fold, isic_dirs=args.isic_dirs, ham_dirs=args.ham_dirs,
                                           challenge_dirs=args.challenge_dirs)
-        if not args.no_fit:
-            fitted = fit_guard(args.model, train_rows, val_rows, args.max_flagged, what="validation (fold) rows")
-            g, p = fitted["guard"], fitted["operating_points"]
-            print(f"guard: threshold {g['threshold']:.2f}, "
-                  f"flags {g['validation_flagged']:.2%} of {g['threshold_set_on']}")
-            for name in ("low", "high"):
-                line = p[name]
-                print(f"{name} line ({line['rule']}): {line['threshold']:.4f}  sensitivity {line['sensitivity']:.3f} "
-                      f"({line['melanomas_above']}/{p['n_melanoma']})  specificity {line['specificity']:.3f} "
-                      f"({line['others_below']}/{p['n_other']})")
-        if args.evaluate:
-            from train.guard_eval import evaluate
-
-            evaluate(args.model, val_rows)
+        fitted = fit_guard(args.model, train_rows, val_rows, what="validation (fold) rows")
+        g, p = fitted["guard"], fitted["operating_points"]
+        print(f"guard: refuses above {g['refuse']:.1f} ({g['validation_refused']:.2%} of {g['lines_set_on']}), "
+              f"cautions above {g['caution']:.1f} ({g['validation_cautioned']:.2%}), colour caution above "
+              f"{g['colour_limit']:.1f} ({g['validation_colour_cautioned']:.2%})")
+        for name in ("low", "high"):
+            line = p[name]
+            print(f"{name} line ({line['rule']}): {line['threshold']:.4f}  sensitivity {line['sensitivity']:.3f} "
+                  f"({line['melanomas_above']}/{p['n_melanoma']})  specificity {line['specificity']:.3f} "
+                  f"({line['others_below']}/{p['n_other']})")
+        print(f"measure it: python -m train.guard_eval --model {args.model}")
     except (ValueError, FileNotFoundError, RuntimeError, DataError) as err:
         sys.exit(f"fit_guard: {err}")
 

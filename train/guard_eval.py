@@ -1,29 +1,39 @@
-"""Measure the out-of-scope guard: `python -m train.fit_guard --model output/default --evaluate`.
+"""Measure the out-of-scope guard and its alternatives: `python -m train.guard_eval --model output/default`.
 
-* Out of scope: every still image scikit-image, matplotlib and scikit-learn ship that loads offline,
-  and generated flat, gradient, noise, text and screenshot-like images (seeded).
+* Out of scope: every still image scikit-image, matplotlib and scikit-learn ship that loads offline
+  (photos and drawings), and generated flat, gradient, noise, text and screenshot-like images (seeded).
 * Close-ups of skin that is not a lesion under a dermatoscope: crops of the faces in those packaged
-  portraits (no package ships skin close-ups), reported apart: flagging them is desirable, not required.
-* Dermoscopic false alarms on held-out images: the guard's threshold is set on the validation
-  rows, so flagging those is in-sample. The held-out figure is cross-fitted: the validation rows are
-  split in two by lesion/patient group, the threshold is set on one half and counted on the other,
-  and both ways are averaged.
-The figures are printed and written into guard.json (`evaluation`) for the model card.
+  portraits (no package ships skin close-ups).
+* Recoloured dermoscopy: validation images (melanomas and others, every source) turned greyscale, hue-rotated
+  by 90° and 180°, and colour-inverted: a lesion's shapes without its colours. They must be refused or
+  cautioned, never silently banded low.
+* Dermoscopic images held out from the lines: the lines are set on the validation rows, so counting those is
+  in-sample. The held-out figures are cross-fitted: the validation rows are split in two by lesion/patient group,
+  the lines are set on one half and counted on the other, both ways, so each image is counted once, held out.
+Each alternative (one Gaussian over all training images; the nearest of one Gaussian per diagnosis) is fitted on
+the same embeddings. The chosen guard's figures go into guard.json (`evaluation`) for the model card; the
+table of all of them is printed for README.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from inference import Predictor
 from inference import metadata as md
+from inference.guard import GUARD_JSON, Guard, colour_features
 from inference.onnx_backend import EMBEDDING, LOGITS
-from inference.guard import GUARD_JSON
+
+from .errors import DataError
+from .fit_guard import Embedded, build_guard, embed_rows, model_rows
+from .model import MelanomaModel
 
 SKIMAGE = ("astronaut", "brick", "camera", "chelsea", "cell", "checkerboard", "clock", "coffee", "coins",
            "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
@@ -110,58 +120,151 @@ def generated_images(seed: int = 0) -> dict[str, tuple[str, Image.Image]]:
     return out
 
 
-def guard_scores(predictor: Predictor, images: list) -> np.ndarray:
-    pixels = np.stack([predictor.model_input(im) for im in images])
-    meta = np.tile(md.encode(md.normalize(None, None, None)), (len(images), 1))  # metadata does not reach the guard
-    return predictor.guard.score(predictor.forward(pixels, meta, outputs=(LOGITS, EMBEDDING))[1][0])
+def hue_rotated(image: Image.Image, degrees: int) -> Image.Image:
+    hsv = np.asarray(image.convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(int) + round(degrees / 360 * 256)) % 256
+    return Image.fromarray(hsv, "HSV").convert("RGB")
 
 
-def held_out_false_alarms(scores: np.ndarray, groups: pd.Series, max_flagged: float, seed: int = 0) -> float:
-    """Threshold on one half of the validation groups, flagged rate on the other, averaged both ways."""
-    from train.fit_guard import threshold_for
-
-    unique = groups.unique()
-    half = set(np.random.default_rng(seed).permutation(unique)[: len(unique) // 2])
-    a = groups.isin(half).to_numpy()
-    rates = [float((scores[~side] > threshold_for(scores[side], max_flagged)).mean()) for side in (a, ~a)]
-    return float(np.mean(rates))
+RECOLOURINGS = {"greyscale": lambda im: im.convert("L").convert("RGB"), "hue +90°": lambda im: hue_rotated(im, 90),
+                "hue +180°": lambda im: hue_rotated(im, 180), "inverted": lambda im: ImageOps.invert(im.convert("RGB"))}
 
 
-def evaluate(model_dir: Path, val_rows: pd.DataFrame) -> dict:
-    """Print and store (guard.json → evaluation) the detection and false-alarm rates."""
-    from train.fit_guard import embed_rows
-    from train.model import MelanomaModel
+def recoloured_rows(val_rows: pd.DataFrame, per_kind: int = 60, seed: int = 0) -> pd.DataFrame:
+    """`per_kind` validation rows, half melanomas, from every source: the images to recolour."""
+    rng = np.random.default_rng(seed)
+    parts = [g.sample(min(len(g), per_kind // 2), random_state=int(rng.integers(1 << 31))) for _, g in
+             val_rows.groupby("target")]
+    return pd.concat(parts, ignore_index=True)
 
+
+def through_predictor(predictor: Predictor, images: list) -> Embedded:
+    """Images (paths or PIL) as the Space sees them: embedding, melanoma probability, colour statistics."""
+    embeddings, probs, colours = [], [], []
+    for start in range(0, len(images), 32):
+        squares = np.stack([predictor.square(im) for im in images[start:start + 32]])
+        pixels = np.stack([predictor.to_model_input(s) for s in squares])
+        meta = np.tile(md.encode(md.normalize(None, None, None)), (len(squares), 1))  # metadata does not reach it
+        p, (embedding,) = predictor.forward(pixels, meta, outputs=(LOGITS, EMBEDDING))
+        embeddings.append(embedding)
+        probs.append(p[:, predictor.classes.index("mel")])
+        colours.append(colour_features(squares))
+    return Embedded(np.concatenate(embeddings), np.concatenate(probs), np.concatenate(colours))
+
+
+def outcome(guard: Guard, e: Embedded) -> tuple[np.ndarray, np.ndarray]:
+    """(refused, cautioned) per image, as the Predictor answers."""
+    scores, colours = guard.score(e.embeddings), guard.colour_distance(e.colours)
+    refused = scores > guard.refuse
+    cautioned = ~refused & ((scores > guard.caution) | (colours > guard.colour_limit))
+    return refused, cautioned
+
+
+def wilson(k: int, n: int) -> list[float]:
+    """95 % Wilson interval of a proportion k / n."""
+    if n == 0:
+        return [0.0, 1.0]
+    z, p = 1.959964, k / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def held_out(train: Embedded, labels, val: Embedded, val_rows: pd.DataFrame, seed: int = 0) -> dict:
+    """Lines set on one half of the validation groups, counted on the other, both ways: refusals and cautions
+    among all, melanomas and other lesions, each image counted once, with 95 % intervals."""
+    groups = val_rows["group"]
+    half = set(np.random.default_rng(seed).permutation(groups.unique())[: groups.nunique() // 2])
+    side = groups.isin(half).to_numpy()
+    refused, cautioned = np.zeros(len(val_rows), bool), np.zeros(len(val_rows), bool)
+    for fit_on in (side, ~side):
+        pick = lambda e, m: Embedded(e.embeddings[m], e.probabilities[m], e.colours[m])  # noqa: E731
+        guard, _, _ = build_guard(train, labels, pick(val, fit_on))
+        r, c = outcome(guard, pick(val, ~fit_on))
+        refused[~fit_on], cautioned[~fit_on] = r, c
+    mel = val_rows["target"].to_numpy() == 1
+    out = {}
+    for name, keep in (("all", np.ones_like(mel)), ("melanomas", mel), ("other lesions", ~mel)):
+        k, n = int(refused[keep].sum()), int(keep.sum())
+        out[name] = {"n": n, "refused": k, "refused_rate": k / n, "refused_95ci": wilson(k, n),
+                     "cautioned_rate": float(cautioned[keep].mean())}
+    return out
+
+
+def image_sets(predictor: Predictor, val_rows: pd.DataFrame) -> dict[str, tuple[Embedded, np.ndarray]]:
+    """name → (images through the predictor, melanoma flags) for every out-of-scope and recoloured family."""
+    packaged, generated = packaged_images(), generated_images()
+    families = {"photos and drawings (packaged)": list(packaged.values()),
+                "generated (flat, noise, text, screenshots)": [im for _, im in generated.values()],
+                "skin close-ups, not dermoscopic": list(skin_close_ups(packaged).values())}
+    out = {name: (through_predictor(predictor, images), np.zeros(len(images), bool)) for name, images in families.items()}
+    rows = recoloured_rows(val_rows)
+    originals = [Image.open(p).convert("RGB") for p in rows.path]
+    for name, change in RECOLOURINGS.items():
+        out[f"dermoscopy, {name}"] = (through_predictor(predictor, [change(im) for im in originals]),
+                                      rows.target.to_numpy() == 1)
+    return out
+
+
+def evaluate(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> dict:
+    """Every alternative's figures (printed as README's table); the chosen guard's go into guard.json."""
     predictor = Predictor.from_pretrained(model_dir)
     if predictor.guard is None:
-        raise ValueError(f"{model_dir} has no guard to evaluate: run without --no_fit first.")
+        raise ValueError(f"{model_dir} has no guard to evaluate: run `python -m train.fit_guard --model {model_dir}`.")
+    model = MelanomaModel.from_pretrained(str(model_dir))
+    train, val = embed_rows(model, train_rows), embed_rows(model, val_rows)
+    sets = image_sets(predictor, val_rows)
+    results = {}
+    for method, labels in (("one Gaussian over all training images (before issue 22)", None),
+                           ("nearest of one Gaussian per diagnosis (chosen)", train_rows["label"].to_numpy())):
+        guard, _, _ = build_guard(train, labels, val)
+        families = {}
+        for name, (e, mel) in sets.items():
+            refused, cautioned = outcome(guard, e)
+            low = ~refused & ~cautioned & (e.probabilities < predictor.operating_points["low"]["threshold"]) \
+                if predictor.operating_points else np.zeros_like(refused)
+            families[name] = {"n": len(refused), "refused": int(refused.sum()), "cautioned": int(cautioned.sum()),
+                              "melanomas": int(mel.sum()), "melanomas_silently_low": int((low & mel).sum())}
+        results[method] = {"held_out": held_out(train, labels, val, val_rows), "families": families}
+    print(table(results))
     info = json.loads((Path(model_dir) / GUARD_JSON).read_text())
-    packaged = packaged_images()
-    generated = generated_images()
-    sets = {"packaged photos and drawings": list(packaged.items()),
-            **{kind: [(n, im) for n, (k, im) in generated.items() if k == kind]
-               for kind in ("flat", "noise", "text", "screenshot")},
-            "skin close-ups (not dermoscopic)": list(skin_close_ups(packaged).items())}
-    results: dict = {"out_of_scope": {}, "missed": []}
-    for name, items in sets.items():
-        flagged = ~predictor.guard.in_distribution(guard_scores(predictor, [im for _, im in items]))
-        results["out_of_scope"][name] = {"n": len(items), "flagged": int(flagged.sum())}
-        results["missed"] += [n for (n, _), f in zip(items, flagged) if not f and "skin" not in name]
-    oos = [v for k, v in results["out_of_scope"].items() if "skin" not in k]
-    results["detection_rate"] = sum(v["flagged"] for v in oos) / sum(v["n"] for v in oos)
-    scores = predictor.guard.score(embed_rows(MelanomaModel.from_pretrained(str(model_dir)), val_rows)[0])
-    flagged = scores > predictor.guard.threshold
-    results["validation_flagged_in_sample"] = float(flagged.mean())
-    results["validation_flagged_by_source"] = {s: float(flagged[(val_rows.source == s).to_numpy()].mean())
-                                               for s in sorted(val_rows.source.unique())}
-    results["false_alarm_rate_held_out"] = held_out_false_alarms(scores, val_rows["group"], info["max_flagged"])
-    for name, v in results["out_of_scope"].items():
-        print(f"{name:34s} flagged {v['flagged']:3d} of {v['n']:3d}")
-    print(f"out of scope flagged: {results['detection_rate']:.1%}   missed: {', '.join(results['missed']) or '-'}")
-    print(f"dermoscopic validation flagged: {results['validation_flagged_in_sample']:.2%} in sample "
-          f"({', '.join(f'{s} {r:.2%}' for s, r in results['validation_flagged_by_source'].items())}); "
-          f"held out (cross-fitted threshold): {results['false_alarm_rate_held_out']:.2%}")
-    info["evaluation"] = {**results, "command": "python -m train.fit_guard --model <folder> --evaluate"}
+    info["evaluation"] = {**results[list(results)[-1]], "alternatives": results,
+                          "command": f"python -m train.guard_eval --model {model_dir}"}
     (Path(model_dir) / GUARD_JSON).write_text(json.dumps(info, indent=1) + "\n")
     return results
 
+
+def table(results: dict) -> str:
+    families = list(next(iter(results.values()))["families"])
+    lines = ["| guard | held-out refused: all | melanomas | other lesions | "
+             + " | ".join(f"{f}: refused + cautioned" for f in families) + " |",
+             "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in families) + " |"]
+    for method, r in results.items():
+        h = r["held_out"]
+        cells = [f"{h[k]['refused_rate']:.2%} ({h[k]['refused_95ci'][0]:.2%}–{h[k]['refused_95ci'][1]:.2%})"
+                 for k in ("all", "melanomas", "other lesions")]
+        for f in families:
+            v = r["families"][f]
+            cell = f"{(v['refused'] + v['cautioned']) / v['n']:.0%} ({v['refused']}+{v['cautioned']} of {v['n']})"
+            if v["melanomas"]:
+                cell += f"; melanomas silently low: {v['melanomas_silently_low']} of {v['melanomas']}"
+            cells.append(cell)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.guard_eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="model folder with a fitted guard and folds.csv")
+    parser.add_argument("--fold", type=int, help="the validation fold (default: the config's one train fold)")
+    args = parser.parse_args(argv)
+    try:
+        train_rows, val_rows = model_rows(args.model, args.fold)
+        evaluate(args.model, train_rows, val_rows)
+    except (ValueError, FileNotFoundError, DataError) as err:
+        print(f"guard_eval: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
