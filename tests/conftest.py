@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MELANOMA_DATA", REPO.parent / "shared" / "data"))
 

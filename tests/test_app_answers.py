@@ -19,8 +19,10 @@ from app_helpers import (  # noqa: F401  (the fixture chain: pytest finds fixtur
     tripwire,
     upload_dir,
 )
-from gradio_client import handle_file
+from gradio_client import Client, handle_file
 from PIL import Image
+
+from inference import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,28 @@ def test_unusual_valid_images_are_scored(client, predictor, unusual_files):
 
     print(f"\nEXIF 6: distance to upright {distance(answer, upright):.2e}, to stored {distance(answer, stored):.2e}")
     assert distance(answer, upright) < 0.25 * distance(answer, stored)
+
+
+@pytest.fixture(scope="module")
+def bundled_client(upload_dir):
+    from app_helpers import launch
+    from conftest import REPO
+
+    demo = launch(Predictor.from_pretrained(REPO / "output" / "default", threads=1))
+    yield Client(demo.local_url, verbose=False)
+    demo.close()
+
+
+def test_the_api_cautions_a_greyscale_melanoma_and_never_bands_a_refused_image(bundled_client, ham_rows, tmp_path):
+    from skimage.data import chelsea
+
+    melanoma = Image.open(ham_rows[ham_rows.dx == "mel"].path.iloc[0]).convert("RGB")
+    grey, cat = tmp_path / f"{MARK}-grey.jpg", tmp_path / f"{MARK}-cat.png"
+    melanoma.convert("L").convert("RGB").save(grey)
+    Image.fromarray(chelsea()).save(cat)
+    answer = bundled_client.predict(handle_file(str(grey)), None, None, None, api_name="/predict")
+    assert answer["in_distribution"] is False or answer["caution"], answer
+    if answer["in_distribution"] is not False:  # shown: the number, and the caution in words
+        assert isinstance(answer["melanoma_probability"], float) and "colours" in answer["caution"]
+    refused = bundled_client.predict(handle_file(str(cat)), None, None, None, api_name="/predict")
+    assert refused["in_distribution"] is False and refused["triage"] is None and refused["caution"] is None

@@ -222,6 +222,33 @@ def test_uploaded_cat_is_refused_without_a_number(bundled_space, page, tmp_path)
     page.screenshot(path=str(ARTIFACTS / "app-refused.png"), full_page=True)
 
 
+def test_a_greyscale_melanoma_shows_its_number_and_a_caution(bundled_space, page, tmp_path, data_dir):
+    """A lesion the guard is unsure about keeps its number, with the caution beside it: never a hidden number on
+    a lesion, never a silent low band on a recoloured one."""
+    from PIL import Image
+
+    from train.guard_eval import RECOLOURINGS
+
+    url, _ = bundled_space
+    ham = __import__("pandas").read_csv(data_dir / "ham10000" / "HAM10000_metadata.csv")
+    source = data_dir / "ham10000" / "images" / f"{ham[ham.dx == 'mel'].image_id.iloc[0]}.jpg"
+    grey = tmp_path / f"{MARK}-grey.jpg"
+    RECOLOURINGS["greyscale"](Image.open(source).convert("RGB")).save(grey)
+    expected = Predictor.from_pretrained(REPO / "output" / "default").predict(grey)
+    assert expected["in_distribution"] and expected["caution"], expected  # the case this test is about
+    page.goto(url)
+    page.get_by_role("button", name="Assess").wait_for(timeout=60_000)
+    upload(page, grey)
+    page.get_by_role("button", name="Assess").click()
+    headline = page.locator("#headline")
+    headline.get_by_text("Melanoma probability:").wait_for(timeout=60_000)
+    shown = re.search(r"Melanoma probability: ([\d.]+)%", headline.inner_text())
+    assert shown and float(shown.group(1)) == pytest.approx(expected["melanoma_probability"] * 100, abs=0.051)
+    assert "Caution:" in headline.inner_text() and "colours do not look like a dermatoscope photo" in \
+        headline.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "app-cautioned.png"), full_page=True)
+
+
 def test_on_a_phone_the_answer_is_on_screen_after_assess_and_the_examples_fit(bundled_space, browser):
     """390×844, as a visitor with a phone: the examples name their diagnosis and fit the width, and after
     *Assess* the headline is inside the viewport (not ~1,000 px further down, below the examples)."""
