@@ -52,6 +52,25 @@ SCROLL_TO_ANSWER = "() => document.getElementById('headline')?.scrollIntoView({b
 BLANK = {gr.Markdown: "", gr.Label: {}, gr.Image: None, gr.JSON: None}
 
 
+def quiet_refusals() -> None:
+    """Gradio prints the whole traceback of every request its own checks refuse before this app's code runs (a
+    path that was not uploaded, a URL to a private address), and the path or URL is in the message: the server
+    log would then hold what a visitor sent. Print where it failed and the exception's type, never its message."""
+    import traceback
+
+    import gradio.queueing
+
+    class Redacted:
+        @staticmethod
+        def print_exc(*_args, **_kwargs) -> None:
+            kind, _, trace = sys.exc_info()
+            frames = "".join(traceback.format_tb(trace, limit=-3)) if trace else ""
+            print(f"request failed: {getattr(kind, '__name__', kind)} (message withheld: it can quote the "
+                  f"request)\n{frames}", file=sys.stderr, end="")
+
+    gradio.queueing.traceback = Redacted
+
+
 def refuse(message: str) -> gr.Error:
     """A message for the person (printed nowhere: it can quote their input). Gradio 6.31's page titles every
     error toast "Error" whatever `title` says, so the message itself says what to do."""
@@ -189,6 +208,7 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = RETENTION) 
     # lifetime), so clicking one passes a path inside it.
     uploads = upload_folder()
     purge(uploads, delete_cache[1])
+    quiet_refusals()
     example_rows, example_labels, credits = examples()
     with gr.Blocks(title="Melanoma triage (research demo)", analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(f"# Melanoma triage from a dermoscopic image\n> ⚠️ {NOTICE}")

@@ -101,3 +101,18 @@ def test_upload_size_is_capped(server, tmp_path):
     with open(big, "rb") as f:
         r = httpx.post(f"{server}gradio_api/upload", files=[("files", (big.name, f))], timeout=60)
     assert r.status_code == 413, r.status_code
+
+
+def test_refused_paths_and_urls_do_not_reach_the_server_log(server, client, real_copies, tripwire, capfd):
+    """README promises that no image, file name or metadata is logged: that holds for what the app refuses too."""
+    capfd.readouterr()
+    path, url = f"/tmp/{MARK}-elsewhere.jpg", f"http://169.254.169.254/{MARK}.png"
+    for image in ({"path": path}, {"path": path, "meta": {"_type": "gradio.FileData"}}, path,
+                  {"path": url, "url": url, "meta": {"_type": "gradio.FileData"}}, {"path": url}):
+        event, _ = raw_call(server, [image, 41, "female", "torso"])
+        assert event == "error"
+    with pytest.raises(AppError):
+        client.predict(handle_file(url), 41, "female", "torso", api_name="/predict")
+    assert_still_serves(client, real_copies[0])
+    out, err = capfd.readouterr()
+    assert MARK not in out + err and "169.254.169.254" not in out + err, out + err
