@@ -71,8 +71,9 @@ def check_linear_head(model: MelanomaModel, features: torch.Tensor, meta: torch.
 
 
 def export_onnx(model: MelanomaModel, folder: str | Path, atol: float = 1e-4) -> Path:
-    """Write `folder/model.onnx` for `model` and verify every output against torch (probabilities within
-    `atol`). The file is replaced only once it has passed."""
+    """Write `folder/model.onnx` for `model` and verify every output against torch: probabilities within `atol`,
+    the embedding and the feature map within `atol` of their own scale (a trained feature map reaches ~70, where
+    float32 rounding alone differs by ~1e-4). The file is replaced only once it has passed."""
     path = Path(folder) / ONNX
     model = model.cpu().eval()
     torch.manual_seed(0)
@@ -92,8 +93,8 @@ def export_onnx(model: MelanomaModel, folder: str | Path, atol: float = 1e-4) ->
     got = dict(zip(OUTPUTS, OnnxSession(candidate, threads=1).run(images.numpy(), meta.numpy(), OUTPUTS)))
     want = dict(zip(OUTPUTS, (t.numpy() for t in expected)))
     errors = {LOGITS: np.abs(probabilities(got[LOGITS], 1.0) - probabilities(want[LOGITS], 1.0)).max(),
-              EMBEDDING: np.abs(got[EMBEDDING] - want[EMBEDDING]).max(),
-              FEATURES: np.abs(got[FEATURES] - want[FEATURES]).max()}
+              **{name: np.abs(got[name] - want[name]).max() / max(1.0, float(np.abs(want[name]).max()))
+                 for name in (EMBEDDING, FEATURES)}}
     if max(errors.values()) > atol:
         candidate.unlink()
         worst = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
