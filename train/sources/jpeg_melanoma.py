@@ -40,6 +40,7 @@ DIAGNOSIS = {
     # ISIC 2019
     "mel": "mel", "nv": "nv", "bcc": "bcc", "ak": "akiec", "scc": "akiec", "bkl": "bkl", "df": "df", "vasc": "vasc",
 }
+ISIC2019_WORDS = {"mel", "nv", "bcc", "ak", "scc", "bkl", "df", "vasc"}  # a table using any of them is the 2019 set
 # ISIC 2019's finer sites → the ISIC 2020 vocabulary the metadata encoder speaks.
 SITE = {"anterior torso": "torso", "posterior torso": "torso", "lateral torso": "torso"}
 COLUMNS = ("image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis", "target")
@@ -87,7 +88,7 @@ def load_jpeg_melanoma(folder: Path, unspecified: str = "nv") -> pd.DataFrame:
     patients = frame["patient_id"].fillna("").astype(str).str.strip()
     groups = patients.where(~patients.isin(NO_PATIENT), "image:" + names)
     paths = [str(image_dir / f"{n}.jpg") for n in names]
-    source = "isic2019" if words.isin(["mel", "nv", "ak", "scc"]).any() else "isic2020"  # the vocabulary tells
+    source = "isic2019" if words.isin(ISIC2019_WORDS).any() else "isic2020"  # the vocabulary tells
     labels = [unspecified if lab == UNSPECIFIED else lab for lab in labels]
     rows = assemble(frame, source, names, paths, groups, labels, metas, tfrecord)
     return rows[rows.label != "drop"].reset_index(drop=True)
