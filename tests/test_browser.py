@@ -259,7 +259,9 @@ def test_on_a_phone_the_answer_is_on_screen_after_assess_and_the_examples_fit(bu
         page.get_by_role("button", name="Assess").wait_for(timeout=60_000)
         examples = page.locator("#examples")
         assert examples.evaluate("e => e.scrollWidth <= e.clientWidth + 1")  # nothing cut off at the side
-        assert examples.get_by_text("Melanoma · 80 y · male · upper extremity").is_visible()
+        first = (REPO / "examples" / "examples.csv").read_text().splitlines()[1].split(",")
+        assert first[4] == "mel"  # the first example is the melanoma; its label names the diagnosis and patient
+        assert examples.get_by_text(f"Melanoma · {first[5]} y · {first[6]} · {first[7]}").is_visible()
         assert examples.get_by_text("Not a lesion").is_visible()
         page.locator("#examples button").nth(0).click()
         page.locator("#input-image img").wait_for(state="attached", timeout=30_000)

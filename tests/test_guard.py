@@ -72,6 +72,15 @@ def test_recoloured_melanomas_are_cautioned_or_refused_never_silently_low(bundle
     assert greyscale["in_distribution"] is False or greyscale["caution"] == COLOUR_CAUTION
 
 
+def test_the_lesion_examples_come_from_the_bundled_models_validation_fold():
+    """The page's examples must be images the bundled model never trained on (a retrain re-splits the folds)."""
+    examples = pd.read_csv(REPO / "examples" / "examples.csv")
+    folds = pd.read_csv(BUNDLED / "folds.csv").set_index("image_id")
+    published = json.loads((BUNDLED / "metrics.json").read_text())["published_fold"]
+    lesions = examples[examples.dx != "not a lesion"]
+    assert len(lesions) == 5 and (folds.loc[lesions.image_id, "fold"] == published).all()
+
+
 def test_generated_non_lesions_are_refused(bundled):
     images = [im for _, im in generated_images().values()]
     refused = np.mean([not a["in_distribution"] for a in bundled.predict_batch(images)])
@@ -98,7 +107,8 @@ def test_bundled_triage_comes_from_its_own_validation_points(bundled):
     assert triage(low / 2, points)["band"] == "low"
     assert triage((low + high) / 2, points)["band"] == "intermediate"
     assert triage(high, points)["band"] == "high"
-    answer = bundled.predict(REPO / "examples" / "mel_ISIC_0030798.jpg", 80, "male", "upper extremity")
+    example = pd.read_csv(REPO / "examples" / "examples.csv").iloc[0]
+    answer = bundled.predict(REPO / "examples" / example.file, example.age, example.sex, example.site)
     assert answer["triage"]["band"] == ("high" if answer["melanoma_probability"] >= high else
                                         "low" if answer["melanoma_probability"] < low else "intermediate")
     assert "in validation" in describe(answer)
