@@ -9,15 +9,18 @@ Two checks, two tiers (issue 22):
   nearest class mean does not. Above `refuse` the image is clearly not a skin lesion under a dermatoscope (a
   photo, a drawing, a screenshot): the number is withheld. Between `caution` and `refuse` it looks like a
   lesion the model is unsure about: the number is shown, with a caution.
-* **Colour.** Chromaticity statistics of the image as uploaded (before any colour correction) against the
-  training images': greyscale, hue-rotated and colour-inverted dermoscopy have a lesion's shapes but not its
-  colours, and the model scores them as if they were benign. Above `colour_limit` the answer is cautioned.
+* **Colour.** The image's mean colour as uploaded (before any colour correction): its strength (chroma) and
+  its hue angle must lie in the box that holds ~99 % of the validation images (skin under a dermatoscope is
+  red to yellow-brown). Greyscale, hue-rotated and colour-inverted dermoscopy have a lesion's shapes but not
+  its colours, and the model scores them as if they were benign: such an answer is cautioned.
+* **Both.** An embedding beyond the caution line *and* colours outside the box is not a lesion either (most
+  photos, drawings and screenshots): refused.
 `python -m train.guard_eval --model FOLDER` measures this against a single Gaussian; README ("Out-of-scope
 guard") has the figures.
 
 Files in the model folder, both written by `train.fit_guard`: `guard.safetensors` (arrays `means`,
-`precision`, `colour_mean`, `colour_precision`; float32, no pickle) and `guard.json` (thresholds, how they
-were set, evaluation figures). A model without them still runs; its answers say the guard is unavailable.
+`precision`; float32, no pickle) and `guard.json` (the lines and the colour box, how they were set,
+evaluation figures). A model without them still runs; its answers say the guard is unavailable.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from threadpoolctl import ThreadpoolController
 
 from .layout import GUARD_ARRAYS, GUARD_JSON
 
-GUARD_VERSION = "nearest-class-mahalanobis-colour-v2"  # changes whenever `features`, a score or a file changes
+GUARD_VERSION = "nearest-class-mahalanobis-colour-box-v2"  # changes whenever `features`, a score or a file changes
 UNAVAILABLE = ("this model has no out-of-scope guard statistics (guard.safetensors + guard.json); "
                "fit them with `python -m train.fit_guard --model <folder>`")
 LESION_CAUTION = ("This image looks unlike the dermoscopic images the model was trained on, so its number is "
@@ -49,16 +52,16 @@ def features(embedding: np.ndarray) -> np.ndarray:
 
 
 def colour_features(squares: np.ndarray) -> np.ndarray:
-    """(B, H, W, 3) uint8 images as uploaded → (B, 5) colour statistics: the mean and spread of the red and
-    green chromaticities (r = R / (R + G + B), g likewise; brightness drops out) and the mean saturation.
-    Skin under a dermatoscope is reddish-brown: r > g, a little saturation. Greyscale has r = g = 1/3 and no
-    saturation; inversion and hue rotation move r and g away from skin's."""
+    """(B, H, W, 3) uint8 images as uploaded → (B, 2): the chroma and the hue angle (degrees) of their mean
+    opponent colour, red − green and yellow − blue, each relative to the pixel's brightness. Skin under a
+    dermatoscope is red to yellow-brown (angle between about −40° and 70°, clearly coloured); greyscale has no
+    chroma, and inversion or hue rotation turn the angle towards green, cyan or blue."""
     x = np.asarray(squares, dtype=np.float32).reshape(len(squares), -1, 3)
-    total = x.sum(axis=2) + np.float32(1.0)
-    r, g = x[..., 0] / total, x[..., 1] / total
-    high, low = x.max(axis=2), x.min(axis=2)
-    saturation = (high - low) / (high + np.float32(1.0))
-    return np.stack([r.mean(1), g.mean(1), r.std(1), g.std(1), saturation.mean(1)], axis=1).astype(np.float64)
+    brightness = x.mean(axis=2) + np.float32(1.0)
+    red_green = ((x[..., 0] - x[..., 1]) / brightness).mean(axis=1)
+    yellow_blue = (((x[..., 0] + x[..., 1]) / 2 - x[..., 2]) / brightness).mean(axis=1)
+    return np.stack([np.hypot(red_green, yellow_blue), np.degrees(np.arctan2(yellow_blue, red_green))],
+                    axis=1).astype(np.float64)
 
 
 @functools.cache
@@ -90,12 +93,10 @@ class Guard:
     precision: np.ndarray  # (D, D), shared
     refuse: float  # embedding distance above it: not a skin lesion, the number is withheld
     caution: float  # embedding distance above it (and not refused): shown, with LESION_CAUTION
-    colour_mean: np.ndarray  # (5,)
-    colour_precision: np.ndarray  # (5, 5)
-    colour_limit: float  # colour distance above it: shown, with COLOUR_CAUTION
+    colour_box: tuple[float, float, float]  # (least chroma, lowest and highest hue angle) of dermoscopic colour
 
     def __post_init__(self) -> None:
-        for name in ("means", "precision", "colour_mean", "colour_precision"):
+        for name in ("means", "precision"):
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float32))
         if self.means.ndim == 1:
             object.__setattr__(self, "means", self.means[None])
@@ -109,19 +110,22 @@ class Guard:
         return mahalanobis(features(embedding), self.means, self.precision)
 
     def colour_score(self, squares: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 images as uploaded → (B,) squared Mahalanobis distance of their colour statistics."""
+        """(B, H, W, 3) uint8 images as uploaded → (B,) how far their colour lies outside the box (0: inside)."""
         return self.colour_distance(colour_features(squares))
 
     def colour_distance(self, colours: np.ndarray) -> np.ndarray:
-        """(B, 5) `colour_features` → (B,) squared Mahalanobis distance to the training images' colours."""
-        return mahalanobis(colours, self.colour_mean[None], self.colour_precision)
+        """(B, 2) `colour_features` → (B,) distance outside the colour box, in units of its size (0: inside)."""
+        chroma, angle = np.asarray(colours, dtype=np.float64).T
+        least, low, high = self.colour_box
+        return np.maximum.reduce([np.zeros_like(chroma), (least - chroma) / least, (low - angle) / (high - low),
+                                  (angle - high) / (high - low)])
 
     def verdict(self, score: float, colour: float) -> tuple[bool, str | None]:
-        """(in_distribution, caution): refused only above the refusal line; otherwise a caution sentence when
-        the embedding or the colours are unusual, else None."""
-        if score > self.refuse:
+        """(in_distribution, caution): refused above the refusal line, or above the caution line with colours
+        outside the box; otherwise a caution sentence when the colours or the embedding are unusual, else None."""
+        if score > self.refuse or (score > self.caution and colour > 0):
             return False, None
-        if colour > self.colour_limit:
+        if colour > 0:
             return True, COLOUR_CAUTION
         return True, LESION_CAUTION if score > self.caution else None
 
@@ -147,17 +151,15 @@ class Guard:
             raise ValueError(f"{arrays}: precision {t['precision'].shape} does not match the means "
                              f"{t['means'].shape}.")
         return cls(means=t["means"], precision=t["precision"], refuse=float(meta["refuse"]),
-                   caution=float(meta["caution"]), colour_mean=t["colour_mean"],
-                   colour_precision=t["colour_precision"], colour_limit=float(meta["colour_limit"]))
+                   caution=float(meta["caution"]), colour_box=tuple(float(v) for v in meta["colour_box"]))
 
     def save(self, folder: str | Path, info: dict) -> None:
         """Write both files; `info` (how the lines were set, figures) goes into guard.json."""
         from safetensors.numpy import save_file
 
         folder = Path(folder)
-        save_file({"means": self.means, "precision": self.precision, "colour_mean": self.colour_mean,
-                   "colour_precision": self.colour_precision}, str(folder / GUARD_ARRAYS),
+        save_file({"means": self.means, "precision": self.precision}, str(folder / GUARD_ARRAYS),
                   metadata={"version": GUARD_VERSION})
         payload = {"version": GUARD_VERSION, "refuse": self.refuse, "caution": self.caution,
-                   "colour_limit": self.colour_limit, **info}
+                   "colour_box": list(self.colour_box), **info}
         (folder / GUARD_JSON).write_text(json.dumps(payload, indent=1) + "\n")

@@ -132,7 +132,7 @@ class Predictor:
             "ood_score": ood,
             "colour_score": colour,
             "guard": {"available": True, "refuse_above": self.guard.refuse, "caution_above": self.guard.caution,
-                      "colour_limit": self.guard.colour_limit} if guarded else
+                      "colour_box": list(self.guard.colour_box)} if guarded else
                      {"available": False, "reason": UNAVAILABLE},
             # no band for an image the guard refuses: a program reading only `triage` must not act on a cat
             "triage": None if in_distribution is False else triage(values["mel"], self.operating_points),

