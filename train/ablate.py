@@ -126,7 +126,8 @@ def _difference(figures: dict | None) -> str:
     return f"{figures['difference']:+.3f} ({lo:+.3f} to {hi:+.3f})"
 
 
-def row(result: dict) -> str:
+def row(result: dict, plan_path: Path = PLAN) -> str:
+    """One README table row; its command names `--plan` unless it is the default plan."""
     m = result["metrics"]
     ham = (result["compare"] or {}).get("ham10000", {"auc": m["melanoma_auc_ham10000"]})
     options = ", ".join(f"{k} {v}" for k, v in result["options"].items() if k != "against")
@@ -140,10 +141,11 @@ def row(result: dict) -> str:
                  f"{f['melanomas_refused_or_low']:.1%} |")
     else:
         line += " – | – | – | – |"
-    return line + f" {result['train_minutes']:.0f} | `python -m train.ablate {result['name']}` |"
+    plan_arg = "" if Path(plan_path) == PLAN else f"--plan {plan_path} "
+    return line + f" {result['train_minutes']:.0f} | `python -m train.ablate {plan_arg}{result['name']}` |"
 
 
-def table(plan: dict) -> str:
+def table(plan: dict, plan_path: Path = PLAN) -> str:
     lines = ["| ablation (3 epochs on fold 0 unless it says) | melanoma AUC, HAM rows (in-source) | difference, paired "
              "95 % CI | sens @ 90 % spec | balanced accuracy | melanoma AUC, external | difference, paired 95 % CI | "
              "guard refuses, external | melanomas refused or low, external | train min | command |",
@@ -151,7 +153,7 @@ def table(plan: dict) -> str:
     for name in plan["ablations"]:
         path = result_path(plan, name)
         if path.is_file():
-            lines.append(row(json.loads(path.read_text())))
+            lines.append(row(json.loads(path.read_text()), plan_path))
     return "\n".join(lines)
 
 
@@ -170,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:24} {state(plan, name):10} {options}")
         for name in args.names:
             result = run(plan, name)
-            print(row(result))
+            print(row(result, args.plan))
         if args.table:
-            print(table(plan))
+            print(table(plan, args.plan))
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -175,8 +175,11 @@ def isic_full(csv: Path, n_folds: int = 5, seed: int = 42) -> dict:
 
 
 def summary(what: str, metrics: dict) -> str:
-    return (f"{what}: melanoma AUC {metrics['melanoma_auc']:.3f} (HAM {metrics['melanoma_auc_ham10000']:.3f}, "
-            f"ISIC {metrics['melanoma_auc_isic2020']:.3f}), pAUC {metrics['melanoma_pauc_above_80_tpr']:.3f}, "
+    per_source = ", ".join(f"{key.removeprefix('melanoma_auc_')} {value:.3f}" for key, value in metrics.items()
+                           if key.startswith("melanoma_auc_") and isinstance(value, float)
+                           and key != "melanoma_auc_uncalibrated")
+    return (f"{what}: melanoma AUC {metrics['melanoma_auc']:.3f} ({per_source}), "
+            f"pAUC {metrics['melanoma_pauc_above_80_tpr']:.3f}, "
             f"sens@90%spec {metrics['sensitivity_at_90_specificity']:.3f}, "
             f"ECE after T {metrics['ece_after_temperature']:.3f}, "
             f"diagnosis balanced accuracy {metrics['diagnosis_balanced_accuracy']:.3f}")
