@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO  # pytest puts tests/ on sys.path
-from skimage.data import astronaut, chelsea
+from skimage.data import chelsea
 
 from inference import Predictor
 from inference import metadata as md
@@ -47,8 +47,7 @@ def held_out(data_dir) -> list[str]:
 def test_bundled_guard_refuses_the_cat_and_keeps_lesions(bundled, held_out):
     cat = bundled.predict(chelsea())
     assert cat["in_distribution"] is False and cat["ood_score"] > bundled.guard.refuse
-    refused = bundled.predict(astronaut())
-    assert refused["in_distribution"] is False and refused["triage"] is None  # no band to act on
+    assert cat["triage"] is None  # a refused image has no band to act on
     answers = bundled.predict_batch(held_out)
     kept = np.mean([a["in_distribution"] for a in answers])
     assert kept >= 0.97, kept  # about 99.5 % expected; 80 images leave room for chance, not for a broken guard

@@ -69,17 +69,24 @@ def autograd_grad_cam(model: MelanomaModel, image: torch.Tensor, meta: torch.Ten
 
 
 def test_numpy_grad_cam_equals_autograd_grad_cam(predictor, rows):
+    """The NumPy Grad-CAM is exact: on torch's own feature map it equals autograd's within float rounding. The
+    Space feeds it onnxruntime's feature map, which differs from torch's by ~1e-5 of its scale; after the map
+    is divided by its maximum that can grow to a few 1e-4, still far below one level of an 8-bit heat map."""
     model = MelanomaModel.from_pretrained(str(BUNDLED)).eval()
     mel = predictor.classes.index("mel")
-    worst = 0.0
+    exact = served = 0.0
     for r in rows:
         pixels = predictor.model_input(r["path"])
         meta = encode(normalize(r["age"], r["sex"], r["site"]))
         (features,) = predictor.session.run(pixels[None], meta[None], ("features",))
-        numpy_map = grad_cam(features[0], predictor.head[mel, :features.shape[1]], predictor.config.image_size)
+        with torch.no_grad():
+            torch_features = model.forward_features(torch.from_numpy(pixels)[None]).numpy()
         expected = autograd_grad_cam(model, torch.from_numpy(pixels), torch.from_numpy(meta), mel)
-        worst = max(worst, float(np.abs(numpy_map - expected).max()))
-    assert worst <= 1e-4, worst
+        head = predictor.head[mel, :features.shape[1]]
+        exact = max(exact, float(np.abs(grad_cam(torch_features[0], head, predictor.config.image_size) - expected).max()))
+        served = max(served, float(np.abs(grad_cam(features[0], head, predictor.config.image_size) - expected).max()))
+    assert exact <= 1e-4, exact
+    assert served <= 2e-3, served
 
 
 def test_the_app_imports_no_torch():
