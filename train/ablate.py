@@ -130,7 +130,7 @@ def row(result: dict, plan_path: Path = PLAN) -> str:
     """One README table row; its command names `--plan` unless it is the default plan."""
     m = result["metrics"]
     ham = (result["compare"] or {}).get("ham10000", {"auc": m["melanoma_auc_ham10000"]})
-    options = ", ".join(f"{k} {v}" for k, v in result["options"].items() if k != "against")
+    options = ", ".join(f"{k} {v}" for k, v in result["options"].items() if k != "against") or "the base recipe"
     versus = f" vs {Path(result['against']).name}" if result["against"] else ""
     line = (f"| {result['name']}: {options} | {ham['auc']:.3f} | {_difference(ham) if 'difference' in ham else '–'}"
             f"{versus} | {m['sensitivity_at_90_specificity']:.3f} | {m['diagnosis_balanced_accuracy']:.3f} |")

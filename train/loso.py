@@ -100,12 +100,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.reference is None:
             raise ConfigError("--reference MODEL_FOLDER is required (a model trained on every source)")
-        results = [score(args.reference, train_without(args.config, s, args.epochs, args.runs), s) for s in args.sources]
+        results = []
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        for source in args.sources:  # each source's result is written as soon as it exists: a long run can stop
+            results.append(score(args.reference, train_without(args.config, source, args.epochs, args.runs), source))
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
     except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
         print(f"loso: {err}", file=sys.stderr)
         return 2
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
     return 0
 
