@@ -120,9 +120,10 @@ def _model_dir(run: Path) -> Path:
 
 def _difference(figures: dict | None) -> str:
     """'+0.012 (-0.004 to +0.027)', or '–' without a comparison."""
-    if not figures or figures.get("difference_ci95") is None:
+    ci = (figures or {}).get("difference_ci95") or (figures or {}).get("difference_95ci")  # compare / crosscheck
+    if ci is None:
         return "–"
-    lo, hi = figures["difference_ci95"]
+    lo, hi = ci
     return f"{figures['difference']:+.3f} ({lo:+.3f} to {hi:+.3f})"
 
 
