@@ -193,8 +193,13 @@ def run_session(root: Path, image: dict, label: str, parameters: dict, timeout: 
     seconds = time.monotonic() - start
     text = notebook_text(out_nb) if out_nb.is_file() else ""
     if done.returncode != 0:
-        raise KaggleCliError(f"notebook session '{label}' failed after {seconds:.0f} s; see {out_nb}\n--- last output "
-                             f"---\n{text[-3000:]}\n--- papermill ---\n{done.stderr[-1500:]}")
+        # the training log first: it holds the cause (a crash's traceback), which papermill's report never does
+        log = root / "kaggle" / "working" / "train.log"
+        tail = "\n".join(line.rsplit("\r", 1)[-1] for line in log.read_text(errors="replace").splitlines()[-60:]) \
+            if log.is_file() else "(none)"
+        raise KaggleCliError(f"notebook session '{label}' failed after {seconds:.0f} s; see {out_nb}\n--- train.log, "
+                             f"last 60 lines ---\n{tail}\n--- the notebook's last output ---\n{text[-2500:]}\n"
+                             f"--- papermill ---\n{done.stderr[-600:]}")
     return json.loads((root / "kaggle" / "working" / SESSION_FILE).read_text()), text, seconds
 
 

@@ -403,6 +403,9 @@ def epoch_seconds_total(run_dir: Path) -> float:
     return total
 
 
+_EXCEPTION_LINE = re.compile(r"^(\[rank\d+\]: )?[A-Za-z_][\w.]*(Error|Exception|Interrupt)(: .*)?$")
+
+
 def outcome_message(status: dict, run_dir: Path, minutes: float, exit_code: int, log_tail: str, log_path: Path) -> str:
     """What to print after training; raises SystemExit for a failed run (the run folder is kept: it resumes)."""
     if status["status"] == "complete":
@@ -412,9 +415,13 @@ def outcome_message(status: dict, run_dir: Path, minutes: float, exit_code: int,
                 f"resumable state in {run_dir}: run again with this output attached (Add data → Notebook output → "
                 f"this notebook, or `python notebooks/kaggle.py push --username YOU --resume`). The launcher's exit "
                 f"code {exit_code} is expected: each process exits 75 on a clean stop.")
-    errors = [line for line in log_tail.splitlines() if line.startswith(("error:", "error (rank"))]
+    lines = log_tail.splitlines()
+    errors = [line for line in lines if line.startswith(("error:", "error (rank"))]
+    # a crash the training code did not expect ends in a traceback: its last line names the exception
+    crashes = [line.strip() for line in lines if _EXCEPTION_LINE.match(line.strip())]
     raise SystemExit(f"Training failed (launcher exit code {exit_code}): "
-                     + (errors[-1] if errors else f"see the output above and {log_path}")
+                     + (errors[-1] if errors else f"{crashes[-1]} (the traceback is above and in {log_path})"
+                        if crashes else f"see the output above and {log_path}")
                      + f". The run folder {run_dir} is kept: fix the cause and run again (it resumes).")
 
 

@@ -556,6 +556,10 @@ def test_status_running_after_the_launcher_ended_is_a_failure(tmp_path):
     assert status["status"] == "failed"  # a crash after the folder was claimed
     with pytest.raises(SystemExit, match="error: bad image.*run folder .* is kept"):
         ks.outcome_message(status, tmp_path, 1.0, 1, "noise\nerror: bad image\n", tmp_path / "train.log")
+    crash = ("Traceback (most recent call last):\n  File \"train/loop.py\", line 1\n"
+             "[rank0]: RuntimeError: Connection closed by peer\nE1203 torch/distributed/elastic failed\n")
+    with pytest.raises(SystemExit, match=r"\[rank0\]: RuntimeError: Connection closed by peer \(the traceback is above"):
+        ks.outcome_message(status, tmp_path, 1.0, 1, crash, tmp_path / "train.log")
 
 
 def test_kaggle_recipe_fits_one_session_on_paper():
@@ -632,7 +636,7 @@ def test_rehearse_refuses_to_replace_a_folder_that_is_not_a_rehearsal(tmp_path):
 def test_rehearsal_runs_the_notebook_as_three_kaggle_sessions_in_kaggles_image_and_passes(tmp_path):
     out = tmp_path / "rehearsal"
     done = run_script("rehearse", "--out", str(out), timeout=2400)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-9000:]
     assert re.search(r"^rehearsal: passed in \d+ s", done.stdout, re.M), done.stdout[-2000:]
     report = json.loads((out / "rehearsal.json").read_text())
     assert report["ok"] and not report["failures"] and all(c["ok"] for c in report["checks"])
