@@ -48,8 +48,10 @@ def test_requirements_split():
 
 
 def test_nothing_loads_pickles_unsafely():
+    # the project's own files: not the virtual environment, nor the scratch runs/ (a kept Kaggle-rehearsal
+    # session there holds a whole site-packages)
     for path in REPO.rglob("*.py"):
-        if ".venv" in path.parts:
+        if {".venv", "runs"} & set(path.relative_to(REPO).parts):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and \

@@ -67,6 +67,21 @@ def test_colour_is_a_monotone_table_per_channel_and_geometry_moves_pixels(lesion
         augment.build("heavy", 96)
 
 
+def test_device_steps_change_the_look_not_the_lesion(lesion):
+    rng = np.random.default_rng(11)
+    crop = augment.zoom(lesion, rng, p=1.0, area=(0.25, 0.25))  # a quarter of the area, blown up 2x
+    assert crop.shape == lesion.shape and not np.array_equal(crop, lesion)
+    dark = augment.vignette(lesion, rng, p=1.0).astype(int)
+    corners = np.concatenate([dark[:2, :2].ravel(), dark[-2:, -2:].ravel(), dark[:2, -2:].ravel(), dark[-2:, :2].ravel()])
+    assert corners.max() <= 20 and np.abs(dark[40:56, 40:56] - lesion[40:56, 40:56].astype(int)).max() == 0
+    soft = augment.blur(lesion, rng, p=1.0)
+    assert np.abs(np.diff(soft.astype(int), axis=1)).mean() < np.abs(np.diff(lesion.astype(int), axis=1)).mean()
+    squeezed = augment.jpeg(lesion, rng, p=1.0)
+    assert squeezed.shape == lesion.shape and 0 < np.abs(squeezed.astype(int) - lesion).mean() < 20
+    for step in (augment.zoom, augment.vignette, augment.blur, augment.jpeg):
+        assert step(lesion, rng, p=0.0) is lesion
+
+
 def test_batch_to_input_is_the_eval_transform_and_channels_last(lesion):
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     batch = torch.from_numpy(np.stack([lesion, lesion[::-1].copy()]))
