@@ -54,6 +54,7 @@ from train.backbone import data_config  # noqa: E402
 from train.config import Config, make, resolve_config, with_backbone_defaults  # noqa: E402
 from train.data import LesionDataset, class_weights, collate, config_sources  # noqa: E402
 from train.epoch import Clock, batch_to_input, model_input, train_one_epoch  # noqa: E402
+from train.ranks import leave  # noqa: E402
 from train.setup import build_model, param_groups  # noqa: E402
 
 
@@ -171,10 +172,12 @@ def smoke(cfg: Config, n_images: int, device: str, json_path: Path | None) -> No
                   f"{r['steps_timed']} |")
         if json_path:
             json_path.write_text(json.dumps(result, indent=1) + "\n")
-    # Tear the process group down before exit: left to the interpreter's shutdown, gloo's threads were once
-    # destroyed while running ("terminate called without an active exception", SIGABRT) after a good run.
+    # Every rank leaves together, at once: neither destroy_process_group nor the interpreter's shutdown gets to
+    # tear gloo down (that once aborted with SIGABRT after a good run, and once hung for 10 minutes after the
+    # table was printed; train.ranks.leave).
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    leave(0)
+    accelerator.end_training()  # one process: nothing to leave
 
 
 def _bare_step(accelerator: Accelerator, model, optimizer, batch: dict, weights, cfg: Config) -> None:

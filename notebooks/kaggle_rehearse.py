@@ -285,9 +285,10 @@ def rehearse(root: Path, timeout: int) -> dict:
     out1 = finish_session(root, "1-complete")
 
     # 2. The current layout, session 1's output attached, stopped by the time limit in its first fold. The limit
-    # falls after the first saved state and long before the end, whatever this machine's speed: twice session
-    # 1's time to its first state (~3 s of setup, then one first epoch), for 2 folds x LONG_EPOCHS epochs.
-    limit = 2 * (3.0 + 0.5 * (s1.get("epoch_seconds_total") or 10.0))
+    # falls after the first saved state and long before the end: 20 s for the setup before the first epoch (3 s
+    # on an idle machine; an 8 s limit once ran out before the first epoch ended on a loaded one, and session 3
+    # then had nothing to resume) plus session 1's time for both of its epochs, against 2 folds x LONG_EPOCHS.
+    limit = 20.0 + (s1.get("epoch_seconds_total") or 10.0)
     long_run = {"RUN_NAME": "rehearsal-b", "OVERRIDES": {**TINY, "epochs": LONG_EPOCHS, "num_workers": 0}}
     inp, s2, text2 = session("2-time-limit", "current", "folder", out1, {**long_run, "TIME_LIMIT": f"{limit:.0f}s"})
     code_dataset = mount(inp, "dataset", "current", REHEARSAL_USER, CODE_SLUG) / Path(CODE_ZIP).stem

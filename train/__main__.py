@@ -3,6 +3,9 @@
 import sys
 
 from .loop import main
+from .ranks import leave
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    leave(code)  # a rank of a multi-process launch ends here, skipping the interpreter's teardown of gloo
+    sys.exit(code)

@@ -37,3 +37,21 @@ def sync_buffers(accelerator: Accelerator, model: torch.nn.Module) -> None:
     if accelerator.num_processes > 1:
         for buffer in accelerator.unwrap_model(model).buffers():
             torch.distributed.broadcast(buffer, src=0)
+
+
+def leave(code: int) -> None:
+    """End this process now with `code` when it is one rank of a multi-process launch; return otherwise.
+
+    Called once a rank's work is written and its files are closed. Left to the interpreter's shutdown, a rank's
+    gloo threads can be destroyed while still running (SIGABRT, "terminate called without an active exception")
+    or hang there: the launcher then reports a failure or waits for ever, and a rank that dies that way while
+    rank 0 is still in its finalize makes the launcher stop rank 0 too. Both were seen in the Kaggle rehearsal
+    on this machine (2026-12-03: a smoke run hung 10 minutes after printing its table; a CI session's training
+    exited 1 with no error). `os._exit` skips that teardown: the process group is torn down by the OS."""
+    import os
+    import sys
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
