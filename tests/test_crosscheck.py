@@ -125,3 +125,11 @@ def test_leave_one_source_out_scores_the_source_the_run_never_saw(reference, sub
     assert result["difference"] == pytest.approx(result["without"]["melanoma_auc"] - result["with"]["melanoma_auc"])
     assert "| isic2020 |" in capsys.readouterr().out
     assert loso_main(["--table", "--json", str(out)]) == 0
+    # a row of another source, already in the file, stays when only isic2020 is asked for again (the finished
+    # run is not retrained, only rescored), and isic2020's row is replaced, not added twice
+    other = {**result, "source": "ham10000"}
+    out.write_text(json.dumps([other, result]))
+    assert loso_main(["--reference", str(run / "model"), "--config", str(config), "--runs", str(tmp_path / "loso"),
+                      "--sources", "isic2020", "--epochs", "1", "--json", str(out)]) == 0
+    assert [r["source"] for r in json.loads(out.read_text())] == ["ham10000", "isic2020"]
+    assert "python -m train " not in capsys.readouterr().out

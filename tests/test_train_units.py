@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -181,11 +183,15 @@ def test_ham_diagnosis_scores_the_seven_ham_classes_and_shows_why_accuracy_misle
     assert ham_diagnosis(perfect[:0], labels[:0]) is None
 
 
-def test_bundled_model_was_trained_with_the_shipped_cpu_recipe():
-    # README and the card say output/default comes from exactly train/configs/cpu_default.yaml
+def test_bundled_model_was_made_with_the_shipped_cpu_recipe():
+    # README, the card and cpu_default.yaml say output/default is 0.3 x a run of exactly
+    # train/configs/cpu_default.yaml + 0.7 x the same with --augment device (python -m train.soup)
     shipped = make(load_yaml(REPO / "train" / "configs" / "cpu_default.yaml"))
     bundled = load_yaml(REPO / "output" / "default" / "training_config.yaml")
     assert set(recipe_changes(bundled, shipped)) <= {"output_dir"}  # and run-control keys (resume, ...)
+    parts = json.loads((REPO / "output" / "default" / "metrics.json").read_text())["weight_average"]
+    assert [(round(p["weight"], 6), p["recipe"]) for p in parts] == [(0.3, {"augment": shipped.augment}),
+                                                                      (0.7, {"augment": "device"})]
 
 
 def test_auc_interval_brackets_the_auc_and_narrows_with_more_melanomas():

@@ -9,7 +9,8 @@ ema.py (weight average), ranks.py (cross-process decisions), loop.py (folds and 
 plots.py, card.py + card_template.md (model card), fit_guard.py + guard_eval.py (out-of-scope guard,
 triage lines), onnx_export.py (the one export serving needs; re-exports old folders), publish.py (Hub), baselines.py (metadata-only and paired comparisons),
 ablate.py (recipe ablations, one command each), crosscheck.py (a model judged source by source, an
-external set included), loso.py (leave one source out), sources/ (one reader per data layout users have, each
+external set included), loso.py (leave one source out), soup.py (a weight average of
+trained models into one model folder), sources/ (one reader per data layout users have, each
 mapping its labels in one table: jpeg-melanoma for ISIC 2020 and 2019, HAM10000, the ISIC challenge layout).
 Training imports from `inference`; `inference` never imports from here.
 """

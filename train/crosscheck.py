@@ -34,11 +34,12 @@ from .sources.isic_challenge import load_isic_challenge
 DEFAULT_EXTERNAL = "../shared/data/isic2017:Validation"
 
 
-def assess(predictor: Predictor, rows: pd.DataFrame, desc: str) -> pd.DataFrame:
-    """`rows` with the Predictor's melanoma probability, guard verdict and triage band added."""
+def assess(predictor: Predictor, rows: pd.DataFrame, desc: str, tta: bool = False) -> pd.DataFrame:
+    """`rows` with the Predictor's melanoma probability, guard verdict and triage band added (`tta`: the mean
+    over the 8 dihedral views, as `Predictor.predict(..., tta=True)`)."""
     with tqdm(total=len(rows), unit="img", desc=desc, disable=None) as bar:
         answers = predictor.predict_batch(list(rows.path), ages(rows), list(rows.sex), list(rows.site),
-                                          progress=bar.update)
+                                          tta=tta, progress=bar.update)
     return rows.assign(probability=[a["melanoma_probability"] for a in answers],
                        refused=[a["in_distribution"] is False for a in answers],
                        band=[(a["triage"] or {}).get("band") for a in answers])
@@ -81,27 +82,31 @@ def model_sets(model: Path, externals: list[str]) -> dict[str, pd.DataFrame]:
     return sets
 
 
-def assess_sets(model: Path, sets: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+def assess_sets(model: Path, sets: dict[str, pd.DataFrame], tta: bool = False) -> dict[str, pd.DataFrame]:
     predictor = Predictor.from_pretrained(model)
-    return {name: assess(predictor, rows, f"{model.name}: {name}") for name, rows in sets.items()}
+    label = f"{model.name}{' (8 views)' if tta else ''}"
+    return {name: assess(predictor, rows, f"{label}: {name}", tta) for name, rows in sets.items()}
 
 
-def crosscheck(model: Path, externals: list[str], against: Path | None = None) -> dict[str, dict]:
+def crosscheck(model: Path, externals: list[str], against: Path | None = None, tta: bool = False,
+               against_tta: bool = False) -> dict[str, dict]:
     """{set name: figures} for the model's own validation rows by source, then each external set; with
     `against`, also that model's AUC on the same images and the paired-bootstrap 95 % interval of the
-    difference (model − against)."""
+    difference (model − against). `tta` / `against_tta`: score that model with the 8 dihedral views
+    (`--model M --tta --against M` measures what test-time augmentation buys)."""
     sets = model_sets(model, externals)
-    mine = assess_sets(model, sets)
-    results = {name: source_figures(rows) for name, rows in mine.items()}
+    mine = assess_sets(model, sets, tta)
+    results = {name: {**source_figures(rows), "tta": tta} for name, rows in mine.items()}
     if against is not None:
-        theirs = assess_sets(against, sets)
+        theirs = assess_sets(against, sets, against_tta)
         for name, rows in mine.items():
             y, a, b = rows.target.to_numpy(), rows.probability.to_numpy(), theirs[name].probability.to_numpy()
             if M.auc(y, a) is not None:
                 results[name]["against"] = {"model": str(against), "melanoma_auc": M.auc(y, b),
                                             "difference": M.auc(y, a) - M.auc(y, b),
                                             "difference_95ci": M.auc_interval(y, a, other=b),
-                                            "guard_refuses": float(theirs[name].refused.mean())}
+                                            "guard_refuses": float(theirs[name].refused.mean()),
+                                            "tta": against_tta}
     return results
 
 
@@ -136,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="FOLDER:PART sets in the ISIC challenge layout, never trained on (default: %(default)s)")
     parser.add_argument("--against", type=Path, help="a second model folder, scored on the same images: its AUC and "
                                                     "the paired-bootstrap interval of the difference")
+    parser.add_argument("--tta", action="store_true", help="score --model with the mean of the 8 dihedral views")
+    parser.add_argument("--against_tta", action="store_true", help="score --against with the 8 views too")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     try:
-        results = crosscheck(args.model, args.external, args.against)
+        results = crosscheck(args.model, args.external, args.against, args.tta, args.against_tta)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"crosscheck: {err}", file=sys.stderr)
         return 2

@@ -67,10 +67,13 @@ def run_summary(cfg: Config, run: Path, folds_done: list[int], partial: bool, hi
         "model_selection_note": "Each fold's best epoch is chosen by melanoma AUC on that same validation fold, so "
                                 "these out-of-fold figures are slightly optimistic.",
         "train_images_per_s_mean": float(history["train_images_per_s"].mean()),
+        "weight_average": None,  # trained, not averaged: `train.soup` lists the models it averaged here
     }
 
 
-def write_plots(oof: pd.DataFrame, result: dict, history: pd.DataFrame, temperature: float, folder: Path) -> None:
+def write_plots(oof: pd.DataFrame, result: dict, history: pd.DataFrame | None, temperature: float,
+                folder: Path) -> None:
+    """ROC, reliability, confusion and (for a trained model, not a weight average) the training curves."""
     labels = oof["label"].map(CLASSES.index).to_numpy()
     roc, reliability, confusion, curves = (folder / name for name in PLOTS)
     plots.plot_roc(oof, roc)
@@ -79,7 +82,8 @@ def write_plots(oof: pd.DataFrame, result: dict, history: pd.DataFrame, temperat
     if result["diagnosis_ham10000"]:
         matrices.insert(0, {**result["diagnosis_ham10000"]["confusion_matrix"], "title": "HAM10000 rows, 7 classes"})
     plots.plot_confusion(matrices, confusion)
-    plots.plot_curves(history, curves)
+    if history is not None:
+        plots.plot_curves(history, curves)
 
 
 def fit_guard_or_warn(model_dir: Path, data: RunData, fold: int, num_workers: int) -> None:
@@ -99,15 +103,22 @@ def finalize(cfg: Config, run: Path, data: RunData, folds_done: list[int], parti
     """Build `run/model` from the trained folds; None when no fold has finished yet."""
     if not folds_done:
         return None
+    history = pd.concat([pd.read_csv(run / f"fold{f}" / "log.csv") for f in folds_done], ignore_index=True)
+    history.to_csv(run / "log.csv", index=False)
+    return build_model_folder(cfg, run, data, folds_done, run_summary(cfg, run, folds_done, partial, history), history)
+
+
+def build_model_folder(cfg: Config, run: Path, data: RunData, folds_done: list[int], summary: dict,
+                       history: pd.DataFrame | None) -> Path:
+    """`run/model` from each fold's `best/` (weights and validation logits): temperature, metrics.json (the
+    scores plus `summary`), ONNX, guard and triage lines, plots, card. `train.soup` calls it too."""
     frame = data.frame
     oof = out_of_fold(run, frame, folds_done)
     temperature = M.fit_temperature(oof[LOGITS].to_numpy(), oof["label"].map(CLASSES.index).to_numpy())
     result = M.evaluate(oof, oof[LOGITS].to_numpy(), temperature)
     oof = scored_oof(oof, temperature)
     oof.to_csv(run / "oof_predictions.csv", index=False)
-    history = pd.concat([pd.read_csv(run / f"fold{f}" / "log.csv") for f in folds_done], ignore_index=True)
-    history.to_csv(run / "log.csv", index=False)
-    result.update(run_summary(cfg, run, folds_done, partial, history))
+    result.update(summary)
 
     model = MelanomaModel.from_pretrained(str(run / f"fold{result['published_fold']}" / "best"))
     model.set_temperature(temperature)

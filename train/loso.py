@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.reference is None:
             raise ConfigError("--reference MODEL_FOLDER is required (a model trained on every source)")
-        results = []
+        # rows of sources not asked for this time stay, so one missing row can be added without retraining the rest
+        kept = json.loads(args.json.read_text()) if args.json.is_file() else []
+        results = [r for r in kept if r["source"] not in args.sources]
         args.json.parent.mkdir(parents=True, exist_ok=True)
         for source in args.sources:  # each source's result is written as soon as it exists: a long run can stop
             results.append(score(args.reference, train_without(args.config, source, args.epochs, args.runs), source))
