@@ -18,7 +18,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -27,8 +26,10 @@ from gradio.utils import get_upload_folder
 from inference import CLASS_NAMES, MALIGNANT, Predictor
 from inference.explain import explain
 from inference.hub import parse_source
+from inference.memory import return_large_buffers
 from inference.metadata import SITES
 from inference.triage import describe
+from inference.uploads import InstanceFolder
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = "output/default"  # relative to this file; the page names local models this way
@@ -38,7 +39,8 @@ NOTICE = ("**Research demo, not a diagnosis.** This model has not been clinicall
 REFUSAL = ("## This does not look like a dermoscopic image\nThe model was trained only on dermatoscope photos of "
            "skin lesions, so it gives no melanoma probability for this image. Try a close-up taken through a dermatoscope.")
 # Uploads and heat maps are deleted this long after they were written: Gradio checks every RETENTION[0]
-# seconds for files older than RETENTION[1] (so nothing stays past their sum), and start-up does it once.
+# seconds for files older than RETENTION[1] (so nothing stays past their sum); the folders of servers that
+# have ended (killed, crashed) go at the next start and within RETENTION[0] while another server runs.
 RETENTION = (int(os.environ.get("MELANOMA_RETENTION_S", 600)),) * 2
 # Server settings of the Space (tests launch with the same ones). Every API call is a new Gradio
 # session holding a copy of the page config (~50 KB); the app keeps no per-session state, so few are kept.
@@ -50,15 +52,22 @@ HEAT_CAPTION = ("**Grad-CAM**: regions that raised the melanoma probability (bri
 SCROLL_TO_ANSWER = "() => document.getElementById('headline')?.scrollIntoView({block: 'nearest'})"
 # What each output shows when an input changes (the browser clears the old answer; see build_demo).
 BLANK = {gr.Markdown: "", gr.Label: {}, gr.Image: None, gr.JSON: None}
+UPLOADS_ONLY = "Send the image as a file uploaded to this app; other paths and URLs are refused."
+UNPROCESSED = ("This request could not be processed (the server's own message is withheld: it can quote the "
+               "request). Send the image as a file uploaded to this app, and age, sex and site as the API page says.")
 
 
-def quiet_refusals() -> None:
-    """Gradio prints the whole traceback of every request its own checks refuse before this app's code runs (a
-    path that was not uploaded, a URL to a private address), and the path or URL is in the message: the server
-    log would then hold what a visitor sent. Print where it failed and the exception's type, never its message."""
+def withhold_gradio_messages() -> None:
+    """Gradio's own checks (a path that was not uploaded, a URL to a private address, a malformed file payload)
+    raise before this app's code runs, and their messages quote the request and the server's paths (its working
+    directory, its upload folder). Nothing of that reaches the visitor or the log: the reply is one fixed
+    sentence, and the log keeps where it failed and the exception's type. The app's own refusals (`gr.Error`)
+    are written for people and pass unchanged."""
     import traceback
 
     import gradio.queueing
+    import gradio.utils
+    from gradio.exceptions import InvalidPathError
 
     class Redacted:
         @staticmethod
@@ -68,7 +77,16 @@ def quiet_refusals() -> None:
             print(f"request failed: {getattr(kind, '__name__', kind)} (message withheld: it can quote the "
                   f"request)\n{frames}", file=sys.stderr, end="")
 
+    original = getattr(gradio.utils.error_payload, "original", gradio.utils.error_payload)
+
+    def error_payload(error: BaseException | None, show_error: bool) -> dict:
+        if error is None or isinstance(error, gr.Error):
+            return original(error, show_error)
+        return original(refuse(UPLOADS_ONLY if isinstance(error, InvalidPathError) else UNPROCESSED), show_error)
+
+    error_payload.original = original  # type: ignore[attr-defined]  (a second build_demo does not wrap twice)
     gradio.queueing.traceback = Redacted
+    gradio.queueing.error_payload = gradio.utils.error_payload = error_payload
 
 
 def refuse(message: str) -> gr.Error:
@@ -86,7 +104,7 @@ def upload_path(image: dict | None, uploads: Path) -> str | None:
         return None
     path = image.get("path") if isinstance(image, dict) else None
     if not isinstance(path, str) or not Path(path).resolve().is_relative_to(uploads):
-        raise refuse("Send the image as a file uploaded to this app; other paths and URLs are refused.")
+        raise refuse(UPLOADS_ONLY)
     return path
 
 
@@ -174,41 +192,29 @@ def examples() -> tuple[list[list], list[str], str]:
                    f"(2018), doi:10.7910/DVN/DBW86T, licence CC BY-NC; from the model's validation fold. {others}.")
 
 
-def upload_folder() -> Path:
-    """The app's own folder for uploads and heat maps: $GRADIO_TEMP_DIR when set, else one that no other Gradio
-    app shares (Gradio's default, <tmp>/gradio, is everyone's). Gradio reads the variable when it builds the
-    page and when the server starts, so it is set here, before both."""
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "melanoma-triage"))
-    folder = Path(get_upload_folder()).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def purge(folder: Path, older_than_s: float) -> int:
-    """Delete files last modified more than `older_than_s` ago, and the folders that leaves empty; returns
-    how many files went. Gradio's `delete_cache` does this while the server runs; at start-up it is done
-    here, so uploads of a server that crashed or was killed do not outlive the promise either."""
-    now, gone = time.time(), 0
-    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # files before their folders
-        try:
-            if path.is_file() and now - path.stat().st_mtime > older_than_s:
-                path.unlink()
-                gone += 1
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-        except OSError:  # another process removed it first
-            continue
-    return gone
+def upload_folder(sweep_every_s: float) -> Path:
+    """This server's own folder for uploads and heat maps, under $GRADIO_TEMP_DIR when set, else under
+    <tmp>/melanoma-triage (Gradio's default, <tmp>/gradio, is every app's). Each server process claims a folder of
+    its own there and deletes the folders of servers that have ended, now and every `sweep_every_s` seconds
+    (inference/uploads.py): a killed server's uploads go, a live one's are never touched. Gradio reads
+    GRADIO_TEMP_DIR when it builds the page and when the server starts, so it is pointed at the folder here."""
+    root = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "melanoma-triage")
+    instance = InstanceFolder.claim(root)
+    instance.sweep_every(sweep_every_s)
+    os.environ["GRADIO_TEMP_DIR"] = str(instance.path)
+    assert Path(get_upload_folder()).resolve() == instance.path
+    return instance.path
 
 
 def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = RETENTION) -> gr.Blocks:
     """The Blocks app around one loaded predictor; the API endpoint is `/predict`. `delete_cache`: every
-    first-value seconds, delete uploads and outputs older than the second value (the same age at start-up)."""
+    first-value seconds, delete uploads and outputs older than the second value, and the folders of servers
+    that have ended (`upload_folder`)."""
     # Where Gradio's upload route writes; it also copies the examples there (kept for the server's
     # lifetime), so clicking one passes a path inside it.
-    uploads = upload_folder()
-    purge(uploads, delete_cache[1])
-    quiet_refusals()
+    uploads = upload_folder(delete_cache[0])
+    withhold_gradio_messages()
+    return_large_buffers()  # memory comes back after a burst of big uploads (inference/memory.py)
     example_rows, example_labels, credits = examples()
     with gr.Blocks(title="Melanoma triage (research demo)", analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(f"# Melanoma triage from a dermoscopic image\n> ⚠️ {NOTICE}")

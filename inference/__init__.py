@@ -12,7 +12,7 @@ from typing import Any
 _WHERE = {
     "ImageError": "image", "eval_transform": "image", "open_image": "image",
     "Metadata": "metadata", "encode": "metadata", "normalize": "metadata",
-    "CLASSES": "model", "CLASS_NAMES": "model", "MALIGNANT": "model", "MelanomaModel": "model",
+    "CLASSES": "model", "CLASS_NAMES": "model", "MALIGNANT": "model", "ModelConfig": "model",
     "Predictor": "predictor",
 }
 __all__ = sorted(_WHERE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -52,8 +53,10 @@ def open_image(source: ImageInput, min_side: int | None = None) -> np.ndarray:
     size is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), stopping while the shorter side is
     still ≥ 2 × min_side: the final area-filter resize then still does the filtering, so the pixels differ
     from a full decode's by under 0.3 levels on average (tests/test_image.py), and a 12 MP phone photo
-    decodes in a fraction of the time (bench/inference.py). Training images (ISIC 256 px, HAM 200×150
-    here) are never reduced.
+    decodes in a fraction of the time (bench/inference.py). Other formats are decoded whole (their decoders
+    cannot scale) and box-averaged by the same factor before any copy is made, so a 12 MP PNG costs one
+    full-size buffer, not four (bench/memory.py). Training images (ISIC 256 px, HAM 200×150 here) are never
+    reduced.
 
     Colour and greyscale JPEGs (every training image, most uploads) are decoded by simplejpeg straight
     into an array: the same libjpeg-turbo settings as Pillow, so the pixels are bit-identical
@@ -82,19 +85,16 @@ def open_image(source: ImageInput, min_side: int | None = None) -> np.ndarray:
             raise ImageError(
                 "This file is not an image we can read; upload a JPEG, PNG, WebP, BMP, TIFF or GIF."
             ) from None
-        except Image.DecompressionBombError:
-            raise ImageError(f"The image is too large; the limit is {MAX_PIXELS // 1_000_000} megapixels.") from None
+        except Image.DecompressionBombError as err:  # over Pillow's own cap: the header's size is in the message
+            declared = re.search(r"\((\d+) pixels\)", str(err))
+            size = f"{int(declared[1]) / 1e6:,.0f} megapixels" if declared else "too large"
+            raise ImageError(too_large(size, _format_of(data))) from None
         except (OSError, SyntaxError, ValueError):  # a header cut short ("Truncated File Read" and the like)
             raise ImageError(INCOMPLETE) from None
     width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise ImageError(
-            f"The image is {width}×{height} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels."
-        )
-    if data is not None and image.format not in ("JPEG", "MPO") and width * height > MAX_PIXELS_FULL_DECODE:
-        raise ImageError(f"The image is {width}×{height} pixels; a {image.format} file is limited to "
-                         f"{MAX_PIXELS_FULL_DECODE / 1e6:.1f} megapixels (JPEG: {MAX_PIXELS // 1_000_000}). "
-                         "Upload a smaller copy or a JPEG.")
+    fmt = image.format if data is not None else None  # arrays and PIL images were decoded already: no format cap
+    if width * height > pixel_limit(fmt):
+        raise ImageError(too_large(f"{width}×{height} pixels", fmt))
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"The image is {width}×{height} pixels; it must be at least {MIN_SIDE} pixels a side.")
     if data is not None and image.format in ("JPEG", "MPO") and image.mode in ("RGB", "L"):
@@ -107,19 +107,55 @@ def open_image(source: ImageInput, min_side: int | None = None) -> np.ndarray:
         if min_side is not None and image.format in ("JPEG", "MPO"):
             image.draft("RGB", (2 * min_side, 2 * min_side))  # no-op unless a 1/2+ reduction keeps both ≥ 2×
         image.load()
-        return np.asarray(to_rgb(ImageOps.exif_transpose(image))).copy()  # writable, like the JPEG path's
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if data is not None else 1
+        if data is None:
+            image = ImageOps.exif_transpose(image)  # a caller's PIL image: as before, its own EXIF
+        rgb = to_rgb(image)
+        factor = _reduction(*rgb.size, min_side) if image.format not in ("JPEG", "MPO") else 1
+        if factor > 1:  # a big PNG, WebP, ...: box-average it now, so no full-size copy is made below
+            rgb = rgb.reduce(factor)
+        del image  # the full-size decode goes before the array copies are made
+        pixels = np.array(rgb)  # writable, like the JPEG path's
+        upright = _UPRIGHT.get(orientation)
+        return pixels if upright is None else np.ascontiguousarray(upright(pixels))
     except (OSError, SyntaxError, ValueError):  # truncated or corrupt data; the library's words help nobody
         raise ImageError(INCOMPLETE) from None
+
+
+def _reduction(width: int, height: int, min_side: int | None) -> int:
+    """libjpeg's (and Pillow's `draft`) rule for a reduced decode: the largest of 8, 4, 2 that keeps both sides
+    ≥ 2 × min_side (the final area-filter resize then still does the filtering), else 1."""
+    if min_side is None:
+        return 1
+    fits = min(width // (2 * min_side), height // (2 * min_side))
+    return next((s for s in (8, 4, 2) if fits >= s), 1)
+
+
+def pixel_limit(fmt: str | None) -> int:
+    """The most pixels an upload of this format may declare (None: pixels already decoded, e.g. an array)."""
+    return MAX_PIXELS if fmt in (None, "JPEG", "MPO") else MAX_PIXELS_FULL_DECODE
+
+
+def too_large(size: str, fmt: str | None) -> str:
+    """The refusal of an image over its format's limit; `size` says how large it is ("30000×30000 pixels")."""
+    if pixel_limit(fmt) == MAX_PIXELS:
+        return f"The image is {size}; the limit is {MAX_PIXELS // 1_000_000} megapixels."
+    return (f"The image is {size}; a {fmt} file is limited to {MAX_PIXELS_FULL_DECODE / 1e6:.1f} megapixels "
+            f"(JPEG: {MAX_PIXELS // 1_000_000}). Upload a smaller copy or a JPEG.")
+
+
+def _format_of(data: bytes) -> str | None:
+    """The allowed format whose signature `data` starts with (Pillow's own checks), or None."""
+    Image.init()
+    return next((f for f in ALLOWED_FORMATS if f in Image.OPEN and Image.OPEN[f][1] and Image.OPEN[f][1](data[:16])),
+                None)
 
 
 def _decode_jpeg(data: bytes, header: Image.Image, min_side: int | None) -> np.ndarray | None:
     """`data` decoded by simplejpeg at the scale Pillow's `draft("RGB", (2 × min_side,) * 2)` picks, EXIF
     orientation applied; None when libjpeg-turbo objects (the caller's Pillow path then decides)."""
     width, height = header.size
-    scale = 1
-    if min_side is not None:  # Pillow's rule: the largest of 8, 4, 2 that keeps both sides ≥ 2 × min_side
-        fits = min(width // (2 * min_side), height // (2 * min_side))
-        scale = next((s for s in (8, 4, 2) if fits >= s), 1)
+    scale = _reduction(width, height, min_side)
     try:  # min_* = the scaled size itself selects exactly 1/scale (libjpeg rounds scaled sides up)
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-width // scale),
                                         min_height=-(-height // scale))

@@ -11,11 +11,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
 import shutil
+import signal
 import socket
 import struct
+import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -79,6 +83,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_app(model: Path, uploads: Path, retention_s: int, cwd: Path) -> tuple[subprocess.Popen, str]:
+    """`python app.py` in a process group of its own (so `kill_app` can SIGKILL it like a crash), with its
+    uploads under `uploads` and MELANOMA_RETENTION_S; returns (process, base URL) once it answers."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(uploads), "MELANOMA_RETENTION_S": str(retention_s),
+           "MELANOMA_MODEL": str(model), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    process = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    base, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base, timeout=2).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    kill_app(process)
+    raise AssertionError("the app did not start")
+
+
+def kill_app(process: subprocess.Popen) -> None:
+    """`kill -9` the app and its process group: nothing of it runs any clean-up."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
 
 
 def launch(predictor: Predictor, **build):

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,13 +16,15 @@ if str(REPO) not in sys.path:
 
 from app_helpers import (  # noqa: F401  (the fixture chain: pytest finds fixtures by name in this module)
     MARK,
+    assert_still_serves,
     client,
-    free_port,
+    kill_app,
     launch,
     predictor,
     real_copies,
     rows,
     server,
+    start_app,
     tripwire,
     upload,
     upload_dir,
@@ -64,8 +63,8 @@ def test_uploads_and_outputs_are_deleted_after_the_cache_lifetime(predictor, tmp
         # Gradio keeps its copies of the app's own example files for the server's lifetime; nothing else stays.
         examples = {p.read_bytes() for p in (REPO / "examples").glob("*.jpg")}
 
-        def left():
-            return [p for p in _files_under(tmp_path) if p.read_bytes() not in examples]
+        def left():  # the live server's empty lock file (inference/uploads.py) holds nothing of anyone's
+            return [p for p in _files_under(tmp_path) if p.read_bytes() not in examples and p.suffix != ".lock"]
 
         deadline = time.monotonic() + 15
         while left() and time.monotonic() < deadline:
@@ -75,48 +74,34 @@ def test_uploads_and_outputs_are_deleted_after_the_cache_lifetime(predictor, tmp
         demo.close()
 
 
-def test_purge_deletes_old_files_and_the_folders_it_empties(tmp_path):
-    old, new = tmp_path / "a1b2" / "upload.jpg", tmp_path / "c3d4" / "upload.jpg"
-    for path in (old, new):
-        path.parent.mkdir()
-        path.write_bytes(b"x")
-    os.utime(old, (time.time() - 700, time.time() - 700))
-    assert app.purge(tmp_path, 600) == 1
-    assert not old.parent.exists() and new.is_file()  # no empty hash folder is left behind
-
-
-def test_a_killed_servers_uploads_are_gone_after_the_retention_time(tiny_model_dir, real_copies, tmp_path):
-    """`kill -9` leaves the uploads on disk; the next start deletes those older than the retention time."""
-    uploads = tmp_path / "uploads"
-    port = free_port()
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(uploads), "MELANOMA_RETENTION_S": "3", "MELANOMA_MODEL":
-           str(tiny_model_dir), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    base = f"http://127.0.0.1:{port}/"
-
-    def start() -> subprocess.Popen:
-        server = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=tmp_path, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base, timeout=2).status_code == 200:
-                    return server
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        server.kill()
-        raise AssertionError("the app did not start")
-
-    server = start()
-    sent = Path(upload(base, real_copies[0])["path"])
-    assert sent.is_file() and sent.is_relative_to(uploads)  # the app's own folder, not Gradio's shared one
-    os.killpg(server.pid, signal.SIGKILL)
-    server.wait(10)
-    time.sleep(4)  # older than the retention now, with no server to delete it
-    assert sent.is_file()
-    server = start()
+def test_a_killed_servers_uploads_go_while_another_runs_and_at_the_next_start(tiny_model_dir, real_copies, tmp_path):
+    """Issue 30: `kill -9` runs no clean-up, and Gradio's `delete_cache` deletes only its own process's files. A
+    killed server's folder goes within the retention while another server runs on the same root (its sweep), and
+    at once when the next one starts; the live servers keep serving."""
+    root, retention = tmp_path / "uploads", 4
+    first, first_url = start_app(tiny_model_dir, root, retention, tmp_path)
+    second, second_url = start_app(tiny_model_dir, root, retention, tmp_path)
     try:
-        assert not sent.exists() and not sent.parent.exists()
+        sent = Path(upload(first_url, real_copies[0])["path"])
+        assert sent.is_file() and sent.is_relative_to(root)  # the app's own folder, not Gradio's shared one
+        kill_app(first)
+        killed = time.monotonic()
+        while sent.exists() and time.monotonic() - killed < retention + 6:
+            time.sleep(0.2)
+        assert not sent.exists(), "the killed server's upload outlived the retention"
+        assert not any(p.is_relative_to(sent.parents[1]) for p in root.rglob("*") if p != sent.parents[1])
+        assert_still_serves(Client(second_url, verbose=False), real_copies[1])
+        sent = Path(upload(second_url, real_copies[2])["path"])
+        kill_app(second)
+        third, third_url = start_app(tiny_model_dir, root, retention, tmp_path)  # at once: nothing is old yet
+        try:
+            assert not sent.exists(), "the next server left the killed server's fresh upload"
+            assert_still_serves(Client(third_url, verbose=False), real_copies[0])
+            alive = [p for p in root.glob("instance-*") if p.is_dir()]  # (Gradio also makes an empty folder)
+            assert len(alive) == 1 and list(alive[0].rglob("*.jpg")), "only the live server's folder is left"
+        finally:
+            kill_app(third)
     finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(10)
+        for process in (first, second):
+            if process.poll() is None:
+                kill_app(process)

@@ -26,6 +26,8 @@ from app_helpers import (  # noqa: F401  (the fixture chain: pytest finds fixtur
 )
 from conftest import REPO
 from gradio_client import handle_file
+
+import app
 from gradio_client.exceptions import AppError
 
 
@@ -35,7 +37,7 @@ def test_files_the_caller_did_not_upload_are_refused(server, client, predictor, 
     for path in ["/etc/passwd", rows[0][0], *map(str, model_files)]:
         # Tagged as a file: Gradio refuses anything outside its upload folder.
         event, payload = raw_call(server, [{"path": path, "meta": {"_type": "gradio.FileData"}}, None, None, None])
-        assert event == "error" and "not uploaded by a user" in payload["error"], (path, payload)
+        assert event == "error" and payload["error"] == app.UPLOADS_ONLY, (path, payload)
         # Untagged (Gradio does not check these): the app refuses it itself.
         for image in ({"path": path}, {"path": path, "meta": {"_type": "other"}}, path):
             event, payload = raw_call(server, [image, None, None, None])
@@ -52,8 +54,9 @@ def test_files_the_caller_did_not_upload_are_refused(server, client, predictor, 
 
 
 def test_urls_to_internal_addresses_are_refused_without_a_request(server, client, real_copies, tripwire):
-    with pytest.raises(AppError, match="failed validation"):
+    with pytest.raises(AppError) as refused:  # Gradio's SSRF check refused it; its message is withheld
         client.predict(handle_file(METADATA_URL), 50, "male", "torso", api_name="/predict")
+    assert str(refused.value) == app.UNPROCESSED
     event, payload = raw_call(server, [{"path": METADATA_URL, "url": METADATA_URL,
                                         "meta": {"_type": "gradio.FileData"}}, None, None, None])
     assert event == "error" and "melanoma_probability" not in json.dumps(payload)
@@ -116,3 +119,24 @@ def test_refused_paths_and_urls_do_not_reach_the_server_log(server, client, real
     assert_still_serves(client, real_copies[0])
     out, err = capfd.readouterr()
     assert MARK not in out + err and "169.254.169.254" not in out + err, out + err
+
+
+def test_malformed_file_payloads_are_answered_without_a_server_path(server, client, upload_dir, real_copies):
+    """Issue 30: Gradio's own refusal quoted the server's working directory ("Cannot move /srv/app/x.jpg to the
+    gradio cache dir ..."). Every malformed FileData gets one sentence naming no path of the server's."""
+    meta = {"_type": "gradio.FileData"}
+    inside = upload(server, real_copies[0])["path"]
+    images = [{"path": "x.jpg", "meta": meta}, {"path": f"{MARK}.jpg", "meta": meta},
+              {"path": str(REPO / "x.jpg"), "meta": meta}, {"path": "../../../etc/passwd", "meta": meta},
+              {"path": inside + "/../../../x.jpg", "meta": meta}, {"path": "/", "meta": meta},
+              {"path": "http://127.0.0.1:9/x.jpg", "meta": meta}, {"path": "file:///etc/passwd", "meta": meta},
+              {"path": "x.jpg"}, {"path": "x.jpg", "meta": {}}, {"meta": meta}, {"path": None, "meta": meta},
+              {"path": 5, "meta": meta}, {"path": ["x.jpg"], "meta": meta}, {"url": "x.jpg", "meta": meta}]
+    server_paths = {os.getcwd(), str(REPO), str(upload_dir), str(upload_dir.resolve()), inside.rsplit("/", 1)[0],
+                    __import__("tempfile").gettempdir() + "/", "Cannot move", "cache dir"}
+    for image in images:
+        event, payload = raw_call(server, [image, 41, "female", "torso"])
+        text = json.dumps(payload)
+        assert not [p for p in server_paths if p in text], (image, text)
+        assert event == "error" and payload["error"] in (app.UPLOADS_ONLY, app.UNPROCESSED), (image, payload)
+    assert_still_serves(client, real_copies[0])

@@ -69,3 +69,13 @@ def test_importing_inference_pulls_in_no_training_library():
             f"{sorted(FORBIDDEN_IN_INFERENCE)!r}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_public_name_of_inference_resolves():
+    """`from inference import X` works for every name the package lists (a lazy map can name a moved class)."""
+    import subprocess
+    import sys
+
+    code = "import inference\nfor name in inference.__all__: getattr(inference, name)\nprint(len(inference.__all__))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and int(out.stdout) >= 10, out.stderr[-2000:]

@@ -276,3 +276,45 @@ def test_on_a_phone_the_answer_is_on_screen_after_assess_and_the_examples_fit(bu
         page.screenshot(path=str(ARTIFACTS / "app-phone.png"))
     finally:
         page.close()
+
+
+def test_a_second_server_on_the_same_folder_leaves_the_first_ones_files_alone(tiny_model_dir, page, tmp_path,
+                                                                                isic_rows):
+    """Issue 30: a second copy of the app on the same upload root, started after the retention had passed, purged
+    the first one's example copies at start-up ("No image file at 'mel_ISIC_0024310.jpg'."). Each server now has a
+    folder of its own that no other server touches while it lives: the first still scores its examples and its
+    recent uploads."""
+    from app_helpers import kill_app, start_app
+    from gradio_client import Client, handle_file
+
+    root, retention = tmp_path / "uploads", 3
+
+    def assess_examples() -> None:
+        for row in (0, 1):
+            assess_example(page, url, row)
+            page.locator("#headline").get_by_text("Melanoma probability").wait_for(timeout=60_000)
+            assert "No image file" not in page.locator("body").inner_text()
+
+    first, url = start_app(tiny_model_dir, root, retention, tmp_path)
+    try:
+        assess_examples()  # Gradio copies the examples into the upload folder when it starts, and keeps them
+        time.sleep(retention + 2)  # the copies are older than the retention now
+        names = {p.name for p in (REPO / "examples").glob("*.jpg")}  # kept; the first's own uploads expire
+        files = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*.jpg") if p.name in names}
+        assert any(p.name.startswith("mel_ISIC") for p in files)
+        second, second_url = start_app(tiny_model_dir, root, retention, tmp_path)
+        try:
+            # Untouched, not deleted and written again (the same app copies its examples to the same names: on main
+            # the page still worked then, but another app version's purge left the first without its examples).
+            assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files if p.exists()} == files, "touched"
+            assess_examples()
+            upload_copy = tmp_path / f"{MARK}-recent.jpg"
+            shutil.copy(isic_rows.path[0], upload_copy)
+            for base in (url, second_url):
+                answer = Client(base, verbose=False).predict(handle_file(str(upload_copy)), 50, "female", "torso",
+                                                             api_name="/predict")
+                assert 0 <= answer["melanoma_probability"] <= 1
+        finally:
+            kill_app(second)
+    finally:
+        kill_app(first)

@@ -132,6 +132,7 @@ def test_a_cut_header_and_a_cut_body_get_one_plain_sentence(isic_rows):
 
 
 def test_formats_without_reduced_decoding_have_a_lower_pixel_cap():
+    """The refusal names the format's own limit, also past Pillow's cap, where the header's size is all we have."""
     def png(width: int, height: int) -> bytes:
         return _encode(Image.new("RGB", (width, height), (200, 150, 120)), "PNG")
 
@@ -141,8 +142,25 @@ def test_formats_without_reduced_decoding_have_a_lower_pixel_cap():
         open_image(big)
     assert time.perf_counter() - start < 0.5 and len(big) < 200_000  # refused from the header, never decoded
     assert 6000 * 6000 < MAX_PIXELS and 4000 * 3000 <= MAX_PIXELS_FULL_DECODE
-    assert open_image(png(4000, 3000), min_side=160).shape == (3000, 4000, 3)  # a phone-sized PNG still works
+    assert open_image(png(4000, 3000)).shape == (3000, 4000, 3)  # a phone-sized PNG still works
+    assert open_image(png(4000, 3000), min_side=160).shape == (375, 500, 3)  # box-reduced by 1/8 right away
     assert open_image(np.zeros((4000, 4000, 3), np.uint8)).shape == (4000, 4000, 3)  # arrays are already decoded
+    with pytest.raises(ImageError, match="900 megapixels; a PNG file is limited to 12.5 megapixels"):
+        open_image(_png_header(30000, 30000))  # over Pillow's own cap (issue 30: told the JPEG limit before)
+    with pytest.raises(ImageError, match=r"45000×1000 pixels; the limit is 40 megapixels\.$"):
+        open_image(_encode(Image.new("RGB", (45000, 1000)), "JPEG"))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width × height and holds no pixels (what a decompression-bomb upload looks like)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
 def test_tiny_image_is_refused():
@@ -239,3 +257,24 @@ def test_jpegs_decode_to_pillows_exact_pixels(isic_rows, ham_rows, monkeypatch):
             # the fast path really ran (the comparison alone would pass if every file fell back to Pillow)
             assert len(decoded_by_simplejpeg) == before + (not name.startswith("CMYK")), (name, min_side)
     assert open_image(cases["EXIF orientation 6"]).shape == (1200, 700, 3)
+
+
+def test_big_pngs_are_box_reduced_before_copying_with_the_same_pixels(isic_rows):
+    """A PNG (no reduced decode) is averaged down by libjpeg's factor right after decoding: the model's input
+    differs from a full decode's by under 0.3 levels on average, like the reduced JPEG decode."""
+    from PIL import ImageOps
+
+    big = Image.open(isic_rows.path[0]).convert("RGB").resize((1400, 1050), Image.Resampling.BICUBIC)
+    data = _encode(big, "PNG")
+    assert open_image(data, min_side=160).shape == (525, 700, 3)  # 1/2: the largest keeping both sides ≥ 320
+    assert open_image(data, min_side=96).shape == (263, 350, 3)  # 1/4, the odd remainder row averaged on its own
+    assert open_image(data).shape == (1050, 1400, 3)
+    for size in (160, 224):
+        diff = np.abs(prepare(open_image(data, min_side=size), size).astype(int) - prepare(open_image(data), size))
+        assert diff.mean() < 0.3 and diff.max() <= 12, (size, diff.mean(), diff.max())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation still applies to the reduced pixels
+    turned = open_image(_encode(big, "PNG", exif=exif), min_side=160)
+    assert np.array_equal(turned, np.ascontiguousarray(np.rot90(open_image(data, min_side=160), -1)))
+    assert np.array_equal(np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(_encode(big, "PNG", exif=exif))))),
+                          open_image(_encode(big, "PNG", exif=exif)))
