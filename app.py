@@ -206,6 +206,20 @@ def upload_folder(sweep_every_s: float) -> Path:
     return instance.path
 
 
+def answer_column() -> tuple:
+    """The answer's components, top to bottom: headline, triage, benign/malignant, differential, heat map, JSON."""
+    headline = gr.Markdown(elem_id="headline")
+    triage = gr.Markdown(elem_id="triage")
+    # No big heading naming the top class: it would read like a diagnosis.
+    benign_malignant = gr.Label(label="Benign or malignant", show_heading=False, elem_id="benign-malignant")
+    ddx = gr.Label(label="Differential diagnosis", num_top_classes=5, show_heading=False, elem_id="ddx")
+    heat = gr.Image(show_label=False, type="numpy", format="png", interactive=False, height=320, elem_id="heat-map")
+    gr.Markdown(HEAT_CAPTION, elem_id="heat-caption")  # below the picture, not over it
+    with gr.Accordion("Raw answer (same JSON as the /predict API)", open=False):
+        answer = gr.JSON(label="Answer")
+    return headline, triage, benign_malignant, ddx, heat, answer
+
+
 def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = RETENTION) -> gr.Blocks:
     """The Blocks app around one loaded predictor; the API endpoint is `/predict`. `delete_cache`: every
     first-value seconds, delete uploads and outputs older than the second value, and the folders of servers
@@ -230,16 +244,7 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = RETENTION) 
                 gr.Markdown("Blank or *unknown* fields are treated as unknown; the model was trained with them.")
                 button = gr.Button("Assess", variant="primary")
             with gr.Column():  # on a phone the columns stack: the answer comes right after the button
-                headline = gr.Markdown(elem_id="headline")
-                triage = gr.Markdown(elem_id="triage")
-                # No big heading naming the top class: it would read like a diagnosis.
-                benign_malignant = gr.Label(label="Benign or malignant", show_heading=False, elem_id="benign-malignant")
-                ddx = gr.Label(label="Differential diagnosis", num_top_classes=5, show_heading=False, elem_id="ddx")
-                heat = gr.Image(show_label=False, type="numpy", format="png", interactive=False, height=320,
-                                elem_id="heat-map")
-                gr.Markdown(HEAT_CAPTION, elem_id="heat-caption")  # below the picture, not over it
-                with gr.Accordion("Raw answer (same JSON as the /predict API)", open=False):
-                    answer = gr.JSON(label="Answer")
+                headline, triage, benign_malignant, ddx, heat, answer = answer_column()
         gr.Examples(example_rows, [image, age, sex, site], label="Examples (click one, then Assess)",
                     elem_id="examples", cache_examples=False, example_labels=example_labels)
         kept = f"{sum(delete_cache) // 60} minutes" if sum(delete_cache) >= 120 else f"{sum(delete_cache)} seconds"

@@ -6,7 +6,7 @@
 Random weights (speed does not depend on them), real ISIC 2020 JPEGs from ../shared/data. All rows
 are measured in one run, the bare session and the Predictor of each batch size in turns (torch eager just
 before them), so the ratios compare like with like on whatever machine runs it; the targets and the
-latest figures are in README ("Speed"). The app round trip is measured through `gradio_client` and
+latest figures are in docs/speed.md. The app round trip is measured through `gradio_client` and
 through plain HTTP (see `app_round_trips`). Where the Predictor's time over the bare session goes is timed
 inside its own flow (`steps_in_flow`), beside the image steps alone after a memory sweep (`after_sweep`).
 """
@@ -32,9 +32,10 @@ from PIL import Image  # noqa: E402
 
 from inference import Predictor  # noqa: E402
 from inference.image import open_image, prepare, to_input  # noqa: E402
+from inference.layout import data_root  # noqa: E402
 from inference.metadata import META_DIM  # noqa: E402
 from train.backbone import data_config  # noqa: E402
-from train.model import EagerSession, MelanomaModel  # noqa: E402
+from train.network import EagerSession, MelanomaModel  # noqa: E402
 from train.onnx_export import export_onnx  # noqa: E402
 
 
@@ -152,7 +153,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=data_root(REPO), help="default: $MELANOMA_DATA or ../shared/data")
     parser.add_argument("--no-app", action="store_true", help="skip the gradio_client round trip")
     parser.add_argument("--model", type=Path, help="time this model folder (e.g. output/default, with its guard) "
                                                    "instead of a random --backbone at --size")

@@ -7,7 +7,7 @@ One run: `python app.py` (README's command, `output/default`) as its own process
 /predict, then its resident memory (RSS) at rest; then `--bursts` bursts of `--clients` concurrent /predict calls
 through plain HTTP, each with a PNG just under the PNG limit (12.25 MP: the most pixels an upload may make the
 server decode in full), while a thread samples the server's RSS every 20 ms (the peak); then the RSS
-`--settle` seconds after the last answer. The Space's budget is 450 MB (issue 30); README "Speed" quotes a run.
+`--settle` seconds after the last answer. The Space's budget is 450 MB (issue 30); docs/space.md quotes a run.
 """
 
 from __future__ import annotations

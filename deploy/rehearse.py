@@ -35,7 +35,7 @@ from typing import Any
 from .hub_standin import LOOPBACK, HubStandin
 from .stage import BUNDLED, REPO, DeployError, front_matter, front_matter_models, front_matter_value
 
-# The answer's keys: the /predict API documented in the README ("Call the app from a program").
+# The answer's keys: the /predict API documented in docs/api.md.
 ANSWER_KEYS = {"melanoma_probability", "malignant_probability", "diagnosis", "in_distribution", "caution", "ood_score",
                "colour_score", "guard", "triage", "metadata", "tta", "model_id", "model_revision", "backend"}
 OUT_OF_SCOPE_DX = "not a lesion"  # examples.csv's dx for the example the guard must refuse

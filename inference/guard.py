@@ -15,7 +15,7 @@ Two checks, two tiers (issue 22):
   its colours, and the model scores them as if they were benign: such an answer is cautioned.
 * **Both.** An embedding beyond the caution line *and* colours outside the box is not a lesion either (most
   photos, drawings and screenshots): refused.
-`python -m train.guard_eval --model FOLDER` measures this against a single Gaussian; README ("Out-of-scope
+`python -m studies.guard_eval --model FOLDER` measures this against a single Gaussian; docs/space.md ("Out-of-scope
 guard") has the figures.
 
 Files in the model folder, both written by `train.fit_guard`: `guard.safetensors` (arrays `means`,

@@ -63,34 +63,7 @@ def open_image(source: ImageInput, min_side: int | None = None) -> np.ndarray:
     (tests/test_image.py), at about half Pillow's cost, and without Pillow's RGB → RGBX → RGB copies,
     which at 512 px cost as much as the decode. Anything else (PNG, CMYK, ...) takes Pillow's path.
     """
-    data: bytes | None = None  # the encoded file, when we were given one
-    if isinstance(source, Image.Image):
-        image = source
-    elif isinstance(source, np.ndarray):
-        image = Image.fromarray(source)
-    else:
-        if isinstance(source, (str, os.PathLike)):
-            path = Path(source)
-            if not path.is_file():
-                raise ImageError(f"No image file at {path.name!r}.")
-            source = path.read_bytes()  # one read: the header check and the decoder share the bytes
-        elif not isinstance(source, bytes):
-            source = source.read()
-        if not source:
-            raise ImageError("The file is empty (0 bytes).")
-        data = source
-        try:
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-        except UnidentifiedImageError:
-            raise ImageError(
-                "This file is not an image we can read; upload a JPEG, PNG, WebP, BMP, TIFF or GIF."
-            ) from None
-        except Image.DecompressionBombError as err:  # over Pillow's own cap: the header's size is in the message
-            declared = re.search(r"\((\d+) pixels\)", str(err))
-            size = f"{int(declared[1]) / 1e6:,.0f} megapixels" if declared else "too large"
-            raise ImageError(too_large(size, _format_of(data))) from None
-        except (OSError, SyntaxError, ValueError):  # a header cut short ("Truncated File Read" and the like)
-            raise ImageError(INCOMPLETE) from None
+    image, data = _header(source)
     width, height = image.size
     fmt = image.format if data is not None else None  # arrays and PIL images were decoded already: no format cap
     if width * height > pixel_limit(fmt):
@@ -101,20 +74,54 @@ def open_image(source: ImageInput, min_side: int | None = None) -> np.ndarray:
         pixels = _decode_jpeg(data, image, min_side)
         if pixels is not None:
             return pixels
+    return _decode_with_pillow(image, data is not None, min_side)
+
+
+def _header(source: ImageInput) -> tuple[Image.Image, bytes | None]:
+    """(`source` as a PIL image whose header alone has been read, its encoded bytes or None for an array or a
+    caller's PIL image). A missing, empty, foreign or truncated file is an ImageError that says so."""
+    if isinstance(source, Image.Image):
+        return source, None
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(source), None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"No image file at {path.name!r}.")
+        data = path.read_bytes()  # one read: the header check and the decoder share the bytes
+    else:
+        data = source if isinstance(source, bytes) else source.read()
+    if not data:
+        raise ImageError("The file is empty (0 bytes).")
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS), data
+    except UnidentifiedImageError:
+        raise ImageError("This file is not an image we can read; upload a JPEG, PNG, WebP, BMP, TIFF or GIF.") from None
+    except Image.DecompressionBombError as err:  # over Pillow's own cap: the header's size is in the message
+        declared = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(declared[1]) / 1e6:,.0f} megapixels" if declared else "too large"
+        raise ImageError(too_large(size, _format_of(data))) from None
+    except (OSError, SyntaxError, ValueError):  # a header cut short ("Truncated File Read" and the like)
+        raise ImageError(INCOMPLETE) from None
+
+
+def _decode_with_pillow(image: Image.Image, encoded: bool, min_side: int | None) -> np.ndarray:
+    """Pillow's decode of anything the JPEG path did not take: first frame, any mode to RGB, EXIF orientation
+    (the file's for an `encoded` one, applied to the array; a caller's PIL image keeps Pillow's own), and formats
+    without a reduced decode box-averaged by `_reduction`'s factor before any copy is made."""
     try:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
         if min_side is not None and image.format in ("JPEG", "MPO"):
             image.draft("RGB", (2 * min_side, 2 * min_side))  # no-op unless a 1/2+ reduction keeps both ≥ 2×
         image.load()
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if data is not None else 1
-        if data is None:
-            image = ImageOps.exif_transpose(image)  # a caller's PIL image: as before, its own EXIF
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if encoded else 1
+        if not encoded:
+            image = ImageOps.exif_transpose(image)
         rgb = to_rgb(image)
         factor = _reduction(*rgb.size, min_side) if image.format not in ("JPEG", "MPO") else 1
         if factor > 1:  # a big PNG, WebP, ...: box-average it now, so no full-size copy is made below
             rgb = rgb.reduce(factor)
-        del image  # the full-size decode goes before the array copies are made
         pixels = np.array(rgb)  # writable, like the JPEG path's
         upright = _UPRIGHT.get(orientation)
         return pixels if upright is None else np.ascontiguousarray(upright(pixels))

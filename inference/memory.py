@@ -5,7 +5,8 @@ raises, by default, to the size of every mmapped block freed, up to 32 MB. After
 decode buffers of the next ones (a 12 MP PNG is 37 MB, Pillow allocates it in 16 MB blocks) come from the heap
 arenas of the server's worker threads instead, and stay there when freed: bench/memory.py measured 525 MB five
 seconds after three bursts of eight 12 MP PNGs, against 283 MB at rest. A fixed threshold of 1 MB (which also
-turns the raising off) keeps every large buffer on mmap: 290 MB after the same bursts, peak 384 MB (README, on uploads).
+turns the raising off) keeps every large buffer on mmap: 290 MB after the same bursts, peak 384 MB
+(docs/space.md, uploads).
 Buffers under 1 MB (the model's 160 px input is 0.3 MB) stay on the heap, where they are cheaper.
 """
 

@@ -3,7 +3,7 @@
 One head over the seven HAM10000 diagnoses serves every source with one softmax: melanoma probability is
 p(mel), malignant probability is p(mel) + p(bcc) + p(akiec). There is deliberately no class that only one
 source supplies (such as ISIC 2020's "unknown" benign rows): a model learns to predict it from that
-source's look rather than from the lesion (issue 24); see `train.sources.jpeg_melanoma.UNSPECIFIED`. The torch model that config.json rebuilds lives in `train.model`;
+source's look rather than from the lesion (issue 24); see `train.sources.jpeg_melanoma.UNSPECIFIED`. The torch model that config.json rebuilds lives in `train.network`;
 serving reads the same file as plain JSON (`ModelConfig`), so the Space needs no torch.
 """
 
@@ -32,7 +32,7 @@ CLASS_NAMES = {
 }
 MALIGNANT: tuple[str, ...] = ("mel", "bcc", "akiec")
 # The head's linear layer in model.safetensors: (n_classes, image features + metadata features). Serving
-# reads its image part for Grad-CAM (inference/explain.py); `train.model.MelanomaModel` names it so.
+# reads its image part for Grad-CAM (inference/explain.py); `train.network.MelanomaModel` names it so.
 HEAD_WEIGHT = "head.1.weight"
 
 

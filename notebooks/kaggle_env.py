@@ -28,8 +28,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from inference import layout  # noqa: E402  (standard library only)
+
 # ../shared/kaggle-image, beside the data the tests read (../shared/data, or wherever $MELANOMA_DATA points)
-IMAGE_RECORDS = Path(os.environ.get("MELANOMA_DATA", REPO.parent / "shared" / "data")).parent / "kaggle-image"
+IMAGE_RECORDS = layout.data_root(REPO).parent / "kaggle-image"
 FREEZE = "colab-pip-freeze.gpu.txt"  # Colab's `pip freeze`: the pins
 KAGGLE_LIST = "kaggle_requirements.txt"  # what Kaggle adds on top (mostly unpinned)
 OS_INFO = "colab-os-info.gpu.txt"  # Colab's Python version

@@ -37,7 +37,7 @@ from kaggle_session import SESSION_FILE, layout
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = Path(__file__).resolve().parent / "melanoma_train_kaggle.ipynb"
-DATA = Path(os.environ.get("MELANOMA_DATA", REPO.parent / "shared" / "data"))
+DATA = layout.data_root(REPO)
 KERNEL_SLUG = "melanoma-triage-train-2xt4"
 REHEARSAL_USER = "rehearsal"
 HUB_REPO = "rehearsal/melanoma-triage"

@@ -1,7 +1,8 @@
 """The Space in-process, for the test_app_*.py files: app.build_demo(tiny model) launched on localhost, the real
 images it is called with, and the calls a visitor's program makes. Test modules import the fixtures they use.
 
-`tripwire` (autouse wherever it is imported) refuses and records every connection this process tries to make
+A pytest plugin (tests/conftest.py names it), so its fixtures are found by name. `tripwire` (every test_app_*.py
+module uses it for all its tests: `pytestmark`) refuses and records every connection this process tries to make
 off the loopback, so the SSRF cases prove the server made no request rather than only that it answered with an
 error, and no other test reaches out either.
 """
@@ -39,7 +40,7 @@ MARK = "secret-patient"  # every file this module uploads is named with it; it m
 METADATA_URL = "http://169.254.169.254/latest/meta-data/iam/security-credentials/lesion.png"
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def tripwire():
     """Refuse and record connections off the loopback; stub safehttpx's DNS-over-HTTPS fallback."""
     import safehttpx

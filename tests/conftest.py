@@ -18,7 +18,12 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("MELANOMA_DATA", REPO.parent / "shared" / "data"))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from inference.layout import data_root  # noqa: E402  (standard library only)
+
+DATA = data_root(REPO)
+pytest_plugins = ["app_helpers"]  # the in-process app server's fixtures, for every test_app_*.py
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +70,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     fast, no real features."""
     import torch
 
-    from train.model import MelanomaModel
+    from train.network import MelanomaModel
     from train.onnx_export import export_onnx
 
     torch.manual_seed(0)

@@ -9,20 +9,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from app_helpers import (  # noqa: F401  (the fixture chain: pytest finds fixtures by name in this module)
-    MARK,
-    client,
-    predictor,
-    real_copies,
-    rows,
-    server,
-    tripwire,
-    upload_dir,
-)
+from app_helpers import MARK
 from gradio_client import Client, handle_file
 from PIL import Image
 
 from inference import Predictor
+
+pytestmark = pytest.mark.usefixtures("tripwire")  # no connection leaves the loopback (app_helpers)
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from app_helpers import (  # noqa: F401  (the fixture chain: pytest finds fixtures by name in this module)
-    MARK,
-    assert_still_serves,
-    client,
-    png_bomb,
-    predictor,
-    raw_call,
-    real_copies,
-    rows,
-    server,
-    tripwire,
-    upload,
-    upload_dir,
-)
+from app_helpers import MARK, assert_still_serves, png_bomb, raw_call, upload
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+
+pytestmark = pytest.mark.usefixtures("tripwire")  # no connection leaves the loopback (app_helpers)
 
 
 @pytest.fixture(scope="module")

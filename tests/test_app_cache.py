@@ -8,29 +8,18 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import REPO
 from gradio_client import Client, handle_file
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from app_helpers import (  # noqa: F401  (the fixture chain: pytest finds fixtures by name in this module)
-    MARK,
-    assert_still_serves,
-    client,
-    kill_app,
-    launch,
-    predictor,
-    real_copies,
-    rows,
-    server,
-    start_app,
-    tripwire,
-    upload,
-    upload_dir,
-)
+from app_helpers import MARK, assert_still_serves, kill_app, launch, start_app, upload
 
 import app  # noqa: E402  (app.py sits at the repository root; the Blocks it builds have analytics off)
+
+pytestmark = pytest.mark.usefixtures("tripwire")  # no connection leaves the loopback (app_helpers)
 
 
 def _files_under(folder: Path) -> list[Path]:

@@ -9,17 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
-from app_helpers import (  # noqa: F401  (the fixture chain: pytest finds fixtures by name in this module)
-    client,
-    predictor,
-    real_copies,
-    rows,
-    server,
-    tripwire,
-    upload,
-    upload_dir,
-)
+import pytest
+from app_helpers import upload
 from gradio_client import Client, handle_file
+
+pytestmark = pytest.mark.usefixtures("tripwire")  # no connection leaves the loopback (app_helpers)
 
 
 def test_concurrent_callers(server, real_copies):

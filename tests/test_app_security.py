@@ -10,25 +10,14 @@ import os
 
 import httpx
 import pytest
-from app_helpers import (  # noqa: F401  (the fixture chain: pytest finds fixtures by name in this module)
-    MARK,
-    METADATA_URL,
-    assert_still_serves,
-    client,
-    predictor,
-    raw_call,
-    real_copies,
-    rows,
-    server,
-    tripwire,
-    upload,
-    upload_dir,
-)
+from app_helpers import MARK, METADATA_URL, assert_still_serves, raw_call, upload
 from conftest import REPO
 from gradio_client import handle_file
+from gradio_client.exceptions import AppError
 
 import app
-from gradio_client.exceptions import AppError
+
+pytestmark = pytest.mark.usefixtures("tripwire")  # no connection leaves the loopback (app_helpers)
 
 
 def test_files_the_caller_did_not_upload_are_refused(server, client, predictor, tiny_model_dir, rows, real_copies,

@@ -15,17 +15,10 @@ from conftest import REPO
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from app_helpers import (  # noqa: F401  (the fixture chain: pytest finds fixtures by name in this module)
-    client,
-    predictor,
-    real_copies,
-    rows,
-    server,
-    tripwire,
-    upload_dir,
-)
 
 import app  # noqa: E402  (app.py sits at the repository root; the Blocks it builds have analytics off)
+
+pytestmark = pytest.mark.usefixtures("tripwire")  # no connection leaves the loopback (app_helpers)
 
 
 def test_no_model_is_one_clear_line(tmp_path):

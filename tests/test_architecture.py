@@ -6,7 +6,7 @@ from pathlib import Path
 from conftest import REPO
 
 # torch, timm and torchvision too: the Space installs none of them (requirements.txt, test_requirements_split)
-FORBIDDEN_IN_INFERENCE = {"train", "albumentations", "accelerate", "sklearn", "matplotlib", "torch", "timm",
+FORBIDDEN_IN_INFERENCE = {"train", "studies", "albumentations", "accelerate", "sklearn", "matplotlib", "torch", "timm",
                           "torchvision"}
 
 
@@ -64,7 +64,7 @@ def test_importing_inference_pulls_in_no_training_library():
     import subprocess
     import sys
 
-    code = ("import sys, inference, inference.predict, inference.hub\n"
+    code = ("import sys, inference, inference.batch, inference.hub\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             f"{sorted(FORBIDDEN_IN_INFERENCE)!r}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -79,3 +79,12 @@ def test_every_public_name_of_inference_resolves():
     code = "import inference\nfor name in inference.__all__: getattr(inference, name)\nprint(len(inference.__all__))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0 and int(out.stdout) >= 10, out.stderr[-2000:]
+
+
+def test_a_training_run_imports_no_study():
+    """train/ is what `python -m train` executes; the studies read its run folders and never the other way round."""
+    for path in (REPO / "train").rglob("*.py"):
+        assert "studies" not in _imports(path), path
+    for path in (REPO / "studies").glob("*.py"):
+        relative = {n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom) and n.level}
+        assert relative <= {"ablate", "baselines", "crosscheck", "guard_eval", "loso", "soup", None}, (path, relative)

@@ -1,7 +1,7 @@
 """The bench scripts run end to end on the real data, and their summary ratios follow from their own rows.
 
 Tiny sizes: the speeds themselves mean something only on an idle machine (`python bench/training.py`,
-`python bench/inference.py`, `python bench/space.py`; README "Speed" and "Run the app"). What can break, and is checked here, is the arithmetic
+`python bench/inference.py`, `python bench/footprint.py`; README "Speed" and "Run the app"). What can break, and is checked here, is the arithmetic
 between the table the scripts print and the ratios README quotes, and the rows the README names.
 """
 
@@ -96,7 +96,7 @@ def test_inference_bench_ratios_follow_from_its_rows(data_dir, tmp_path):
 
 
 def test_space_bench_builds_the_staged_space_without_torch(tmp_path):
-    out = run("bench/space.py", "--rounds", "1", "--json", str(tmp_path / "space.json"))
+    out = run("bench/footprint.py", "--rounds", "1", "--json", str(tmp_path / "space.json"))
     figures = json.loads((tmp_path / "space.json").read_text())
     assert figures["torch_modules_after_import_app"] == [] and "| [] | [] |" in out
     for name, key in (("venv size, MB", "venv_mb"), ("server RSS after one /predict, MB", "rss_after_request_mb"),

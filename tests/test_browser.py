@@ -227,7 +227,7 @@ def test_a_greyscale_melanoma_shows_its_number_and_a_caution(bundled_space, page
     a lesion, never a silent low band on a recoloured one."""
     from PIL import Image
 
-    from train.guard_eval import RECOLOURINGS
+    from studies.guard_eval import RECOLOURINGS
 
     url, _ = bundled_space
     ham = __import__("pandas").read_csv(data_dir / "ham10000" / "HAM10000_metadata.csv")

@@ -1,5 +1,5 @@
 """Judging a model per source (issue 24): the ISIC challenge layout read from the real ISIC 2017 files, and
-`python -m train.crosscheck` reporting each source apart, the external one included."""
+`python -m studies.crosscheck` reporting each source apart, the external one included."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from train.crosscheck import main as crosscheck_main
+from studies.crosscheck import main as crosscheck_main
 from train.errors import DataError
 from train.sources.isic_challenge import load_isic_challenge
 
@@ -104,7 +104,7 @@ def test_leave_one_source_out_scores_the_source_the_run_never_saw(reference, sub
     import yaml
 
     from conftest import tiny_args
-    from train.loso import main as loso_main
+    from studies.loso import main as loso_main
 
     run, _ = reference
     args = tiny_args(*subset, tmp_path / "unused", epochs=1, train_folds="[0]")

@@ -23,8 +23,8 @@ from inference.guard import COLOUR_CAUTION, GUARD_ARRAYS, GUARD_JSON, Guard, col
 from inference.model import ModelConfig
 from inference.triage import OPERATING_POINTS, describe, triage
 from train.fit_guard import MAX_CAUTIONED, MAX_COLOUR, MAX_REFUSED, fit_guard, operating_points, threshold_for
-from train.guard_eval import RECOLOURINGS, generated_images
-from train.model import EagerSession, MelanomaModel
+from studies.guard_eval import RECOLOURINGS, generated_images
+from train.network import EagerSession, MelanomaModel
 
 BUNDLED = REPO / "output" / "default"
 

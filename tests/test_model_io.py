@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from inference import Predictor
 from inference.layout import SERVED_FILES
-from train.model import MelanomaModel
+from train.network import MelanomaModel
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

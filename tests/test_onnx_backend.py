@@ -12,7 +12,7 @@ from inference import CLASSES, Predictor
 from inference.model import ModelConfig
 from inference.onnx_backend import ExportTooOld, OnnxSession
 from train.backbone import data_config, load_backbone_weights
-from train.model import EagerSession, MelanomaModel
+from train.network import EagerSession, MelanomaModel
 from train.onnx_export import export_onnx
 
 

@@ -116,7 +116,7 @@ def test_weight_average_follows_the_model_and_survives_a_save(tmp_path):
 
 
 def test_an_ablation_is_one_command_trained_then_compared(tmp_path, subset, reference, capsys):
-    from train.ablate import main
+    from studies.ablate import main
 
     ref_run, _ = reference
     base = tmp_path / "base.yaml"
@@ -139,7 +139,7 @@ def test_an_ablation_is_one_command_trained_then_compared(tmp_path, subset, refe
     assert ham["difference"] == pytest.approx(ham["auc"] - ham["auc_other"])
     assert ham["auc"] == pytest.approx(result["metrics"]["melanoma_auc_ham10000"], abs=0.02)
     assert f"| flips_ema: augment flips, ema_decay 0.9 | {ham['auc']:.3f} |" in out
-    assert f"`python -m train.ablate --plan {plan} flips_ema`" in out  # a plan other than the default is named
+    assert f"`python -m studies.ablate --plan {plan} flips_ema`" in out  # a plan other than the default is named
     # a second call neither retrains nor fails: the finished run is compared again
     mtime = (run / "model" / "model.safetensors").stat().st_mtime
     assert main(["--plan", str(plan), "flips_ema"]) == 0

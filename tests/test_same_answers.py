@@ -1,7 +1,7 @@
 """Serving without torch gives the answers of the torch model it was exported from, on 200 real images.
 
 * Probabilities and the guard's distance: the Predictor on the bundled model (onnxruntime + NumPy, what the
-  Space runs) equals the same Predictor driving the torch model (`train.model.EagerSession`) on 200 images of
+  Space runs) equals the same Predictor driving the torch model (`train.network.EagerSession`) on 200 images of
   ../shared/data (70 HAM10000, 70 ISIC 2020, 60 ISIC 2017, evenly spaced in id order, with their metadata).
 * Grad-CAM: the NumPy map from the graph's feature map and the head's weights (inference/explain.py)
   equals torch autograd's Grad-CAM of the melanoma logit on the torch model within 1e-4.
@@ -23,7 +23,7 @@ from inference.explain import grad_cam
 from inference.metadata import encode, normalize
 from inference.model import ModelConfig
 from train.data import load_sources
-from train.model import EagerSession, MelanomaModel
+from train.network import EagerSession, MelanomaModel
 
 BUNDLED = REPO / "output" / "default"
 

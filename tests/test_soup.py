@@ -1,4 +1,4 @@
-"""`python -m train.soup`: a weight average of two real tiny runs on the same folds becomes a complete model
+"""`python -m studies.soup`: a weight average of two real tiny runs on the same folds becomes a complete model
 folder, scored afresh; models of other folds are refused."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from conftest import run_cli, tiny_args
 from safetensors.torch import load_file
 
 from inference import Predictor, layout
-from train.soup import main as soup_main
+from studies.soup import main as soup_main
 
 
 @pytest.fixture(scope="module")

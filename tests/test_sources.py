@@ -13,7 +13,7 @@ from inference.image import open_image, prepare, shades_of_gray, to_input
 from inference.model import CLASSES
 from train.data import LesionDataset, load_sources
 from train.errors import DataError
-from train.model import MelanomaModel
+from train.network import MelanomaModel
 from train.onnx_export import export_onnx
 
 

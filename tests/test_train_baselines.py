@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, run_cli, tiny_args
 
 from inference import layout
-from train.baselines import compare, isic_full, rescore, same_folds, tta_gain
+from studies.baselines import compare, isic_full, rescore, same_folds, tta_gain
 from train.errors import DataError
 from train.metrics import auc
 
@@ -96,6 +96,6 @@ def test_tta_gain_pairs_the_eight_views_with_the_single_view_on_the_same_rows(re
 
 
 def test_cli_says_what_is_wrong(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "train.baselines", "--run", str(tmp_path)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "studies.baselines", "--run", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True)
     assert done.returncode == 1 and "is not a run folder" in done.stderr and "Traceback" not in done.stderr

@@ -13,6 +13,8 @@ import re
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ from conftest import REPO, make_subset, tiny_args
 from inference import layout
 from inference.model import CLASSES, probabilities
 from train.epoch import batch_to_input
-from train.model import MelanomaModel
+from train.network import MelanomaModel
 from train.data import LesionDataset, collate, load_sources
 from train.metrics import MEL, auc
 
@@ -154,3 +156,68 @@ def test_a_finalize_longer_than_the_collective_timeout_still_ends_as_the_run_did
     assert done.returncode == (0 if outcome == "complete" else 1), done.stderr[-3000:]
     if outcome == "time_limit":
         assert "(exitcode: 75)" in done.stderr and not re.search(r"rank\s*: 1 \(local_rank", done.stderr)  # rank 0 only
+
+
+def _machine(rank: int, port: int, args: list[str], log: Path) -> subprocess.Popen:
+    """One `accelerate launch` per "machine", as docs/training.md's two-machine commands, here both on loopback."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "yes"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+               "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "train", *args]
+    with open(log, "w") as out:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_on_loopback_survive_one_dying_and_finish_with_resume(data_dir, tmp_path):
+    """`--num_machines 2`: one process on each of two "machines" (two launches on loopback, gloo) form one group
+    and share the run folder (a shared file system's role). When every process of machine 1 is killed, machine 0's
+    rank says so in one line and exits within seconds; the same commands with --resume finish the run, and
+    status.json records 2 processes on 2 machines."""
+    import psutil
+
+    isic, ham = make_subset(tmp_path / "data", data_dir, isic_benign=40, ham_per_dx=8)
+    out = tmp_path / "run"
+    args = tiny_args(isic, ham, out, epochs=30, train_folds="[0]", batch_size=8)
+    port, logs = _free_port(), [tmp_path / f"machine{rank}.log" for rank in (0, 1)]
+    machines = [_machine(rank, port, args, logs[rank]) for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 300
+        while "epoch 3/30" not in logs[0].read_text() and time.monotonic() < deadline and machines[0].poll() is None:
+            time.sleep(0.2)
+        assert "epoch 3/30" in logs[0].read_text(), logs[0].read_text()[-3000:]
+        for process in [psutil.Process(machines[1].pid), *psutil.Process(machines[1].pid).children(recursive=True)]:
+            process.kill()  # the whole machine: its launcher and its training process
+        killed = time.monotonic()
+        assert machines[0].wait(timeout=120) != 0
+        assert time.monotonic() - killed < 60
+    finally:
+        for m in machines:
+            if m.poll() is None:
+                m.kill()
+    said = [line for line in logs[0].read_text().splitlines() if line.startswith("error (rank 0): lost contact")]
+    assert len(said) == 1 and "--resume" in said[0], logs[0].read_text()[-3000:]  # one line, not a traceback
+    assert "Traceback" not in logs[0].read_text().split(said[0])[0]  # (the launcher's own report follows it)
+    assert json.loads((out / layout.STATUS).read_text())["status"] == "running"
+
+    port, logs = _free_port(), [tmp_path / f"resumed{rank}.log" for rank in (0, 1)]
+    machines = [_machine(rank, port, [*args, "--resume"], logs[rank]) for rank in (0, 1)]
+    try:
+        codes = [m.wait(timeout=600) for m in machines]
+    finally:
+        for m in machines:
+            if m.poll() is None:
+                m.kill()
+    text = [log.read_text() for log in logs]
+    assert codes == [0, 0], text[0][-3000:] + text[1][-3000:]
+    assert "resumed from" in text[0]
+    status = json.loads((out / layout.STATUS).read_text())
+    assert status["status"] == "complete" and status["processes"] == 2 and status["machines"] == 2, status
+    assert re.search(r"2 process\(es\) on cpu\S* across 2 machines", text[0]), text[0][-2000:]
+    assert (out / layout.MODEL_DIR / layout.ONNX).is_file()

@@ -185,7 +185,7 @@ def test_ham_diagnosis_scores_the_seven_ham_classes_and_shows_why_accuracy_misle
 
 def test_bundled_model_was_made_with_the_shipped_cpu_recipe():
     # README, the card and cpu_default.yaml say output/default is 0.3 x a run of exactly
-    # train/configs/cpu_default.yaml + 0.7 x the same with --augment device (python -m train.soup)
+    # train/configs/cpu_default.yaml + 0.7 x the same with --augment device (python -m studies.soup)
     shipped = make(load_yaml(REPO / "train" / "configs" / "cpu_default.yaml"))
     bundled = load_yaml(REPO / "output" / "default" / "training_config.yaml")
     assert set(recipe_changes(bundled, shipped)) <= {"output_dir"}  # and run-control keys (resume, ...)

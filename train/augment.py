@@ -4,7 +4,7 @@
 so every deterministic step is shared and only the random part lives here. Every kind is a function
 `(uint8 (S, S, 3) array, numpy Generator) -> uint8 (S, S, 3) array`; the Dataset seeds the generator by
 (seed, epoch, row), so a sample is the same in any worker, process or resumed session. Kinds, cheapest
-first (the README's ablation table measures what each buys; bench/training.py what each costs):
+first (docs/model.md's ablation table measures what each buys; bench/training.py what each costs):
 
 * "none".
 * "flips": one of the 8 dihedral symmetries. Lesions have no canonical orientation, and the symmetry is
@@ -17,7 +17,7 @@ first (the README's ablation table measures what each buys; bench/training.py wh
 * "device": light + what differs between dermatoscopes rather than lesions (issue 24): framing (a random
   crop of 50-100 % of the area, resized back), the round dark vignette many dermatoscopes leave in the
   corners, a little blur and JPEG re-compression at a random quality. Measured over 8 epochs against
-  `flips` (README): +0.044 on ISIC 2017 validation, inside its noise, and -0.019 on HAM10000 validation,
+  `flips` (docs/model.md): +0.044 on ISIC 2017 validation, inside its noise, and -0.019 on HAM10000 validation,
   beyond it; not the default.
 * "strong": the set of the 1st-place SIIM-ISIC 2020 solution (Ha, Liu & Liu, arXiv:2010.05351; their
   public code's `get_transforms`), written with the albumentations 2.x API: the above plus blur or

@@ -41,7 +41,7 @@ REPORTED = (("melanoma_auc", "roc_auc", "melanoma ROC AUC"),
             ("melanoma_auc_ham10000", "roc_auc", "melanoma ROC AUC, HAM10000 rows"),
             ("melanoma_auc_isic2020", "roc_auc", "melanoma ROC AUC, ISIC 2020 rows"),
             ("melanoma_auc_isic2017", "roc_auc", "melanoma ROC AUC, ISIC 2017 rows"))
-# `python -m train.crosscheck --model FOLDER --json FOLDER/crosscheck.json` writes it; the card shows it
+# `python -m studies.crosscheck --model FOLDER --json FOLDER/crosscheck.json` writes it; the card shows it
 CROSSCHECK = "crosscheck.json"
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from inference.layout import BEST
+
 from .errors import NonFiniteWeights
 
 MARKER = "COMPLETE"
@@ -114,8 +116,8 @@ def commit(pending: PendingState, progress: FoldProgress, previous: Path | None)
 
     A `best/` the loop did not write (no improvement) is linked from the previous state."""
     tmp, final = pending.tmp, pending.final
-    if not (tmp / "best").is_dir() and previous is not None and (previous / "best").is_dir():
-        _link_or_copy(previous / "best", tmp / "best")
+    if not (tmp / BEST).is_dir() and previous is not None and (previous / BEST).is_dir():
+        _link_or_copy(previous / BEST, tmp / BEST)
     (tmp / PROGRESS).write_text(json.dumps(asdict(progress), indent=1))
     _fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)  # an unmarked leftover of the same epoch

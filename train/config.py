@@ -20,6 +20,9 @@ from typing import Any
 
 import yaml
 
+from inference.image import COLOUR_CONSTANCY
+from inference.model import CLASSES
+
 from .augment import KINDS
 from .errors import ConfigError
 
@@ -63,10 +66,10 @@ class Config:
     dropout: float = _opt(0.3, "Dropout before the classification head.")
     colour_constancy: str = _opt("none", "Colour correction of every image, in training and in serving (the model's "
                                          "config.json carries it): 'shades_of_gray' (p = 6) or 'none'.",
-                                 choices=("none", "shades_of_gray"))
+                                 choices=COLOUR_CONSTANCY)
     # --- augmentation and imbalance ----------------------------------------------------------
     augment: str = _opt("flips", "Training augmentation (train/augment.py), cheapest first; flips won the "
-                                 "README ablations.",
+                                 "ablations (docs/model.md).",
                         choices=KINDS)
     meta_dropout: float = _opt(0.1, "Probability of blanking each metadata field to 'unknown' in training.")
     imbalance: str = _opt("weighted_loss", "Class-imbalance remedy.",
@@ -74,8 +77,8 @@ class Config:
     class_weight_power: float = _opt(0.5, "Class weight = (1/frequency)^power: 1 = inverse frequency, "
                                           "0.5 = its square root (milder), 0 = none.")
     label_smoothing: float = _opt(0.0, "Label smoothing of the cross-entropy loss.")
-    class_set: str = _opt("diagnosis", "Training labels: 'diagnosis' = the 8 classes; 'melanoma' = melanoma vs "
-                                       "the rest (an ablation: such a model's differential means nothing).",
+    class_set: str = _opt("diagnosis", f"Training labels: 'diagnosis' = the {len(CLASSES)} classes; 'melanoma' = "
+                                       "melanoma vs the rest (an ablation: such a model's differential means nothing).",
                           choices=("diagnosis", "melanoma"))
     # --- optimisation -----------------------------------------------------------------------
     epochs: int = _opt(15, "Epochs per fold.")
@@ -162,12 +165,9 @@ def _scalar(kind: type, value: Any) -> Any:
         if isinstance(value, float) and not value.is_integer():
             raise TypeError("expected an integer")
         return int(value)
-    if kind is float:
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError("must be finite")
-        return number
-    return str(value)
+    if kind is float and not math.isfinite(number := float(value)):
+        raise ValueError("must be finite")
+    return number if kind is float else str(value)
 
 
 def _check(cfg: Config) -> None:
@@ -179,8 +179,7 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{name}: {getattr(cfg, name)!r} is not one of {shown}.")
     if not (cfg.isic_dirs or cfg.ham_dirs or cfg.challenge_dirs):
         raise ConfigError("No data: set isic_dirs, ham_dirs and/or challenge_dirs.")
-    positive = ("folds", "epochs", "batch_size", "grad_accum", "keep_states")
-    for name in positive:
+    for name in ("folds", "epochs", "batch_size", "grad_accum", "keep_states"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(cfg, name)}.")
     if cfg.folds < 2:

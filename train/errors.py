@@ -42,3 +42,20 @@ class NonFiniteWeights(TrainingError):
 
 class PushError(TrainError):
     """The Hub upload failed; the local model folder is intact."""
+
+
+LOST_PEER = ("lost contact with the other processes of this run: a machine or a process stopped (its own log says "
+             "why). Every complete epoch is saved in the run folder: run the same command with --resume on every "
+             "machine to continue.")
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether `err` is a collective failing because another process of the group is gone (its connection reset or
+    closed, or the collective timed out): torch's DistError, or gloo's and NCCL's own RuntimeErrors."""
+    import re
+
+    import torch.distributed
+
+    text = str(err)
+    return isinstance(err, torch.distributed.DistError) or bool(
+        re.search(r"gloo|nccl|connection (reset|closed)|timed? ?out", text, re.IGNORECASE))

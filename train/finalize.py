@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from inference.guard import GUARD_ARRAYS, GUARD_JSON
-from inference.layout import CARD, FOLDS, METRICS, MODEL_DIR, PLOTS, TRAINING_CONFIG, logit_columns
+from inference.layout import (BEST, BEST_JSON, CARD, FOLDS, METRICS, MODEL_DIR, OOF, PLOTS, RUN_LOG, TRAINING_CONFIG,
+                              VAL_PREDICTIONS, fold_dir, logit_columns)
 from inference.model import CLASSES, probabilities
 from inference.triage import OPERATING_POINTS
 
@@ -27,7 +28,7 @@ from .card import model_card
 from .checkpoint import assert_finite, replace_dir
 from .config import Config, to_yaml
 from .fit_guard import fit_guard
-from .model import MelanomaModel
+from .network import MelanomaModel
 from .onnx_export import export_onnx
 from .run_folder import RunData
 
@@ -38,7 +39,7 @@ def out_of_fold(run: Path, frame: pd.DataFrame, folds: list[int]) -> pd.DataFram
     """Each trained fold's best-epoch validation logits, one row per image, with the image's metadata."""
     parts = []
     for fold in folds:
-        part = pd.read_csv(run / f"fold{fold}" / "best" / "val_predictions.csv", dtype={"image_id": str})
+        part = pd.read_csv(fold_dir(run, fold) / BEST / VAL_PREDICTIONS, dtype={"image_id": str})
         part.insert(1, "fold", fold)
         parts.append(part)
     info = frame[["image_id", "source", "target", "age", "sex", "site"]]
@@ -61,13 +62,13 @@ def run_summary(cfg: Config, run: Path, folds_done: list[int], partial: bool, hi
     return {
         "complete": not partial and folds_done == cfg.folds_to_train,
         "folds_total": cfg.folds, "folds_requested": cfg.folds_to_train, "folds_trained": folds_done,
-        "per_fold_best": {str(f): json.loads((run / f"fold{f}" / "best" / "best.json").read_text())
+        "per_fold_best": {str(f): json.loads((fold_dir(run, f) / BEST / BEST_JSON).read_text())
                           for f in folds_done},
         "published_fold": folds_done[0],
         "model_selection_note": "Each fold's best epoch is chosen by melanoma AUC on that same validation fold, so "
                                 "these out-of-fold figures are slightly optimistic.",
         "train_images_per_s_mean": float(history["train_images_per_s"].mean()),
-        "weight_average": None,  # trained, not averaged: `train.soup` lists the models it averaged here
+        "weight_average": None,  # trained, not averaged: `studies.soup` lists the models it averaged here
     }
 
 
@@ -78,7 +79,7 @@ def write_plots(oof: pd.DataFrame, result: dict, history: pd.DataFrame | None, t
     roc, reliability, confusion, curves = (folder / name for name in PLOTS)
     plots.plot_roc(oof, roc)
     plots.plot_reliability(oof[LOGITS].to_numpy(), labels, temperature, reliability)
-    matrices = [{**result["confusion_matrix"], "title": "all rows, 8 classes"}]
+    matrices = [{**result["confusion_matrix"], "title": f"all rows, {len(CLASSES)} classes"}]
     if result["diagnosis_ham10000"]:
         matrices.insert(0, {**result["diagnosis_ham10000"]["confusion_matrix"], "title": "HAM10000 rows, 7 classes"})
     plots.plot_confusion(matrices, confusion)
@@ -103,24 +104,24 @@ def finalize(cfg: Config, run: Path, data: RunData, folds_done: list[int], parti
     """Build `run/model` from the trained folds; None when no fold has finished yet."""
     if not folds_done:
         return None
-    history = pd.concat([pd.read_csv(run / f"fold{f}" / "log.csv") for f in folds_done], ignore_index=True)
-    history.to_csv(run / "log.csv", index=False)
+    history = pd.concat([pd.read_csv(fold_dir(run, f) / RUN_LOG) for f in folds_done], ignore_index=True)
+    history.to_csv(run / RUN_LOG, index=False)
     return build_model_folder(cfg, run, data, folds_done, run_summary(cfg, run, folds_done, partial, history), history)
 
 
 def build_model_folder(cfg: Config, run: Path, data: RunData, folds_done: list[int], summary: dict,
                        history: pd.DataFrame | None) -> Path:
     """`run/model` from each fold's `best/` (weights and validation logits): temperature, metrics.json (the
-    scores plus `summary`), ONNX, guard and triage lines, plots, card. `train.soup` calls it too."""
+    scores plus `summary`), ONNX, guard and triage lines, plots, card. `studies.soup` calls it too."""
     frame = data.frame
     oof = out_of_fold(run, frame, folds_done)
     temperature = M.fit_temperature(oof[LOGITS].to_numpy(), oof["label"].map(CLASSES.index).to_numpy())
     result = M.evaluate(oof, oof[LOGITS].to_numpy(), temperature)
     oof = scored_oof(oof, temperature)
-    oof.to_csv(run / "oof_predictions.csv", index=False)
+    oof.to_csv(run / OOF, index=False)
     result.update(summary)
 
-    model = MelanomaModel.from_pretrained(str(run / f"fold{result['published_fold']}" / "best"))
+    model = MelanomaModel.from_pretrained(str(fold_dir(run, result["published_fold"]) / BEST))
     model.set_temperature(temperature)
     assert_finite(model, "save the final model")
     tmp = run / ".tmp-model"

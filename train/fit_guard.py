@@ -1,7 +1,7 @@
 """Fit the out-of-scope guard and the operating points for an existing model folder.
 
     python -m train.fit_guard --model output/default     # data paths from its training_config.yaml
-    python -m train.guard_eval --model output/default    # then measure it, and the alternatives
+    python -m studies.guard_eval --model output/default    # then measure it, and the alternatives
 
 The guard statistics come from the model's training rows, the guard threshold and the triage
 lines from its validation rows (folds.csv: the fold the model was validated on), all scored by the
@@ -30,7 +30,7 @@ from inference.model import probabilities
 from inference.triage import OPERATING_POINTS
 
 from .errors import DataError
-from .model import MelanomaModel
+from .network import MelanomaModel
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name} line ({line['rule']}): {line['threshold']:.4f}  sensitivity {line['sensitivity']:.3f} "
                   f"({line['melanomas_above']}/{p['n_melanoma']})  specificity {line['specificity']:.3f} "
                   f"({line['others_below']}/{p['n_other']})")
-        print(f"measure it: python -m train.guard_eval --model {args.model}")
+        print(f"measure it: python -m studies.guard_eval --model {args.model}")
     except (ValueError, FileNotFoundError, RuntimeError, DataError) as err:
         sys.exit(f"fit_guard: {err}")
 

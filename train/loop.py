@@ -25,17 +25,18 @@ import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import is_tensorboard_available
 
-from inference.layout import logit_columns
+from inference import layout
+from inference.layout import BEST, BEST_JSON, FOLD_DONE, RUN_LOG, STATES, VAL_PREDICTIONS, logit_columns
 from inference.model import CLASSES, probabilities
 
 from . import checkpoint, publish
 from .checkpoint import FoldProgress
 from .config import Config, resolve_config, with_backbone_defaults
 from .epoch import Clock, train_one_epoch, validate
-from .errors import ConfigError, TrainError, TrainingError
+from .errors import LOST_PEER, ConfigError, TrainError, TrainingError, lost_peer
 from .finalize import finalize
 from .metrics import MEL, auc
-from .ranks import any_rank
+from .ranks import any_rank, machines
 from .run_folder import claim_run_folder, load_run_data, write_status
 from .setup import FoldSetup, check_recipe, setup_fold
 
@@ -84,7 +85,7 @@ def save_epoch(accelerator: Accelerator, cfg: Config, fs: FoldSetup, progress: F
     """Write this epoch's resumable state (and the best model if it improved); returns the new state."""
     unwrapped = accelerator.unwrap_model(fs.eval_model())
     checkpoint.assert_finite(unwrapped, f"save the fold {progress.fold} epoch {progress.epochs_done} checkpoint")
-    states, main = fold_dir / "states", accelerator.is_main_process
+    states, main = fold_dir / STATES, accelerator.is_main_process
     pending = checkpoint.begin(states, progress.epochs_done, main)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(pending.tmp))  # every process: accelerate saves per-process RNG states
@@ -93,13 +94,13 @@ def save_epoch(accelerator: Accelerator, cfg: Config, fs: FoldSetup, progress: F
         if fs.ema is not None:
             fs.ema.save(pending.tmp)
         if result.improved:
-            unwrapped.save_pretrained(pending.tmp / "best")  # config.json + model.safetensors, no `module.` prefixes
-            result.val_table.to_csv(pending.tmp / "best" / "val_predictions.csv", index=False)
-            (pending.tmp / "best" / "best.json").write_text(json.dumps(
+            unwrapped.save_pretrained(pending.tmp / BEST)  # config.json + model.safetensors, no `module.` prefixes
+            result.val_table.to_csv(pending.tmp / BEST / VAL_PREDICTIONS, index=False)
+            (pending.tmp / BEST / BEST_JSON).write_text(json.dumps(
                 {"fold": progress.fold, "epoch": progress.best_epoch, "melanoma_auc": progress.best_auc}))
         checkpoint.commit(pending, progress, latest)
         checkpoint.prune(states, cfg.keep_states)
-        pd.DataFrame(progress.history).to_csv(fold_dir / "log.csv", index=False)
+        pd.DataFrame(progress.history).to_csv(fold_dir / RUN_LOG, index=False)
         if result.skipped:
             with open(fold_dir / "skipped_images.txt", "a") as f:
                 f.write("".join(f"epoch {progress.epochs_done}: {e}\n" for e in result.skipped))
@@ -136,31 +137,31 @@ def resume_fold(accelerator: Accelerator, fs: FoldSetup, states: Path, fold: int
 
 def finish_fold(accelerator: Accelerator, fold: int, fold_dir: Path, latest: Path | None) -> None:
     """Promote the best model of the last state to `fold_dir/best`, mark the fold DONE, free its states."""
-    if latest is None or not (latest / "best").is_dir():
+    if latest is None or not (latest / BEST).is_dir():
         raise TrainingError(f"fold {fold}: finished without a best model (validation AUC was never defined).")
     if accelerator.is_main_process:
         tmp = fold_dir / ".tmp-best"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(latest / "best", tmp)
-        checkpoint.replace_dir(tmp, fold_dir / "best")
+        shutil.copytree(latest / BEST, tmp)
+        checkpoint.replace_dir(tmp, fold_dir / BEST)
         shutil.copy2(latest / checkpoint.PROGRESS, fold_dir / checkpoint.PROGRESS)
-        (fold_dir / "DONE").write_text("ok\n")
-        shutil.rmtree(fold_dir / "states", ignore_errors=True)  # a finished fold is never resumed: free the disk
+        (fold_dir / FOLD_DONE).write_text("ok\n")
+        shutil.rmtree(fold_dir / STATES, ignore_errors=True)  # a finished fold is never resumed: free the disk
     accelerator.wait_for_everyone()
 
 
 def train_fold(accelerator: Accelerator, cfg: Config, train_rows: pd.DataFrame, val_rows: pd.DataFrame, fold: int,
                run: Path, clock: Clock) -> Outcome:
     """Train one fold to its end (or early stop), resuming from its newest complete state."""
-    fold_dir = run / f"fold{fold}"
-    if (fold_dir / "DONE").is_file():
+    fold_dir = layout.fold_dir(run, fold)
+    if (fold_dir / FOLD_DONE).is_file():
         accelerator.print(f"fold {fold}: already done, skipping")
         return "complete"
-    if accelerator.is_main_process and (removed := checkpoint.clean_incomplete(fold_dir / "states")):
+    if accelerator.is_main_process and (removed := checkpoint.clean_incomplete(fold_dir / STATES)):
         accelerator.print(f"fold {fold}: removed incomplete state(s) {', '.join(removed)}")
     accelerator.wait_for_everyone()
     fs = setup_fold(accelerator, cfg, train_rows, val_rows, fold)
-    progress, latest = resume_fold(accelerator, fs, fold_dir / "states", fold)
+    progress, latest = resume_fold(accelerator, fs, fold_dir / STATES, fold)
     accelerator.print(f"fold {fold}: {len(fs.train_ds)} training / {len(val_rows)} validation images "
                       f"({int(val_rows.target.sum())} melanomas), {fs.steps_per_epoch} optimizer steps per epoch")
     outcome: Outcome = "complete"
@@ -203,18 +204,19 @@ def training_function(cfg: Config) -> dict:
                           f"{launched} ...`; on GPUs check that CUDA sees them.", same_on_every_rank=False)
     check_recipe(cfg)
     data = load_run_data(cfg)
-    run = claim_run_folder(accelerator, cfg, data)
-    accelerator.print(f"{data.summary}; {accelerator.num_processes} process(es) on {accelerator.device}, "
-                      f"mixed precision {accelerator.mixed_precision}")
+    spans = machines(accelerator)
+    run = claim_run_folder(accelerator, cfg, data, spans)
+    accelerator.print(f"{data.summary}; {accelerator.num_processes} process(es) on {accelerator.device}"
+                      f"{f' across {spans} machines' if spans > 1 else ''}, mixed precision {accelerator.mixed_precision}")
     outcome: Outcome = "complete"
     for fold in cfg.folds_to_train:
         in_fold = data.fold_of == fold
         outcome = train_fold(accelerator, cfg, data.frame[~in_fold], data.frame[in_fold], fold, run, clock)
         if outcome != "complete":
             break
-    done = [f for f in cfg.folds_to_train if (run / f"fold{f}" / "DONE").is_file()]
+    done = [f for f in cfg.folds_to_train if (layout.fold_dir(run, f) / FOLD_DONE).is_file()]
     result = {"status": outcome, "folds_done": done, "model_dir": None, "commit": None,
-              "processes": accelerator.num_processes}
+              "processes": accelerator.num_processes, "machines": spans}
     # What is left is rank 0's alone (finalize: OOF table, guard fit, ONNX export; the Hub push): end the process
     # group first, so that no rank waits in a collective meanwhile. A waiting rank would hit the collective
     # timeout (NCCL's default is 10 minutes; finalize takes about that on a T4), die, and take the run down with
@@ -251,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except RuntimeError as err:  # a machine or process of a multi-process run died: one line, not a traceback
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not lost_peer(err):
+            raise
+        # on a line of its own: it usually cuts a progress bar short
+        sys.stderr.write(f"\nerror (rank {rank}): {LOST_PEER} [{str(err).splitlines()[0][:200]}]\n")
+        sys.stderr.flush()
+        return 1
     # Only rank 0 says how the run ended. The other ranks' part is over once the process group has ended, and a
     # non-zero exit from one of them would make the launcher stop rank 0 in the middle of its finalize.
     return EXIT_TIME_LIMIT if rank == 0 and result["status"] == "time_limit" else 0

@@ -33,7 +33,7 @@ from inference.metadata import META_DIM
 from inference.model import probabilities
 from inference.onnx_backend import EMBEDDING, FEATURES, LOGITS, OUTPUTS, OnnxSession
 
-from .model import MelanomaModel
+from .network import MelanomaModel
 
 OPSET = 17
 

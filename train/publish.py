@@ -23,7 +23,7 @@ def check_folder(folder: Path) -> None:
     missing = [name for name in REQUIRED if not (folder / name).is_file()]
     if missing:
         raise PushError(f"Not pushing {folder}: missing {', '.join(missing)}.")
-    from .model import MelanomaModel
+    from .network import MelanomaModel
 
     from .checkpoint import assert_finite
 

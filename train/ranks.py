@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
@@ -17,6 +19,12 @@ def any_rank(accelerator: Accelerator, flag: bool) -> bool:
 def all_ranks(accelerator: Accelerator, items: list[str]) -> list[str]:
     """Every process's list joined (sorted, without repeats: padding can repeat a row), on every process."""
     return sorted(set(gather_object(items) if accelerator.num_processes > 1 else items))
+
+
+def machines(accelerator: Accelerator) -> int:
+    """How many machines the process group spans: the distinct node ranks (GROUP_RANK, which torchrun, and so
+    `accelerate launch --num_machines N --machine_rank K`, sets in every process of machine K)."""
+    return len(all_ranks(accelerator, [os.environ.get("GROUP_RANK", "0")]))
 
 
 def check_batch(batch: dict, bad_images: str) -> list[str]:
@@ -48,7 +56,6 @@ def leave(code: int) -> None:
     rank 0 is still in its finalize makes the launcher stop rank 0 too. Both were seen in the Kaggle rehearsal
     on this machine (2026-12-03: a smoke run hung 10 minutes after printing its table; a CI session's training
     exited 1 with no error). `os._exit` skips that teardown: the process group is torn down by the OS."""
-    import os
     import sys
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

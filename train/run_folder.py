@@ -3,7 +3,7 @@
 A run folder is claimed (config.yaml, folds.csv written) only after the recipe and the data have
 passed every check, so a bad option or a missing file leaves nothing behind to clean up.
 `status.json` says how the last session ended: "running" (it is, or it crashed), "complete", or
-"time_limit" (run again with --resume), and how many processes trained; the Kaggle notebook reads
+"time_limit" (run again with --resume), and how many processes on how many machines trained; the Kaggle notebook reads
 it instead of exit codes, which `accelerate launch` turns into 1 for any non-zero rank.
 """
 
@@ -81,7 +81,7 @@ def check_resumable(cfg: Config, run: Path, folds_csv: pd.DataFrame) -> None:
         raise DataError(f"--resume: the data or folds differ from {old}; resume with the same data.")
 
 
-def claim_run_folder(accelerator: Accelerator, cfg: Config, data: RunData) -> Path:
+def claim_run_folder(accelerator: Accelerator, cfg: Config, data: RunData, machines: int = 1) -> Path:
     """Check (every process: same files, same answer), then the main process writes config and folds."""
     run = Path(cfg.output_dir)
     check_resumable(cfg, run, data.folds_csv)
@@ -91,7 +91,7 @@ def claim_run_folder(accelerator: Accelerator, cfg: Config, data: RunData) -> Pa
         (run / RUN_CONFIG).write_text(to_yaml(cfg))
         data.folds_csv.to_csv(run / FOLDS, index=False)
         write_status(run, {"status": "running", "folds_done": [], "model_dir": None, "commit": None,
-                           "processes": accelerator.num_processes})
+                           "processes": accelerator.num_processes, "machines": machines})
     accelerator.wait_for_everyone()
     if accelerator.log_with:  # TensorBoard only when it is installed; the CSV logs are always written
         accelerator.init_trackers("tensorboard")

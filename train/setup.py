@@ -25,7 +25,7 @@ from .config import Config
 from .data import BalancedSampler, LesionDataset, class_weights, collate
 from .ema import WeightAverage
 from .errors import ConfigError, DataError
-from .model import MelanomaModel
+from .network import MelanomaModel
 
 
 @dataclass
@@ -57,7 +57,7 @@ def build_model(cfg: Config, pretrained: bool) -> MelanomaModel:
     if pretrained and cfg.backbone_weights != "none":
         load_backbone_weights(model.backbone, cfg.backbone, cfg.backbone_weights)
     # channels-last: the layout `train.epoch.batch_to_input` gives the batch, and the faster one for the
-    # convolutions here (bench/training.py's bare forward/backward row, README "Speed")
+    # convolutions here (bench/training.py's bare forward/backward row, docs/speed.md)
     return model.to(memory_format=torch.channels_last)
 
 

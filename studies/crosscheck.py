@@ -1,9 +1,9 @@
 """Judge a model on each source separately: the sources it trained on (its own validation rows) and one it
 never saw (an external set from other clinics and devices).
 
-    python -m train.crosscheck --model output/default
-    python -m train.crosscheck --model output/default --external ../shared/data/isic2017:Validation --json out.json
-    python -m train.crosscheck --model runs/a/model --against runs/b/model   # paired, on the same images
+    python -m studies.crosscheck --model output/default
+    python -m studies.crosscheck --model output/default --external ../shared/data/isic2017:Validation --json out.json
+    python -m studies.crosscheck --model runs/a/model --against runs/b/model   # paired, on the same images
 
 For each source: melanoma ROC AUC with its 95 % bootstrap interval, sensitivity at 90 % specificity, the
 share of images the out-of-scope guard refuses, and the share of melanomas that are refused or put in the
@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 from inference import Predictor
 from inference.layout import METRICS
 
-from . import metrics as M
-from .data import ages
-from .errors import DataError
-from .fit_guard import model_rows
-from .sources.isic_challenge import load_isic_challenge
+from train import metrics as M
+from train.data import ages
+from train.errors import DataError
+from train.fit_guard import model_rows
+from train.sources.isic_challenge import load_isic_challenge
 
 DEFAULT_EXTERNAL = "../shared/data/isic2017:Validation"
 
@@ -135,7 +135,7 @@ def table(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.crosscheck", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.crosscheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="model folder with folds.csv and training_config.yaml")
     parser.add_argument("--external", nargs="*", default=[DEFAULT_EXTERNAL],
                         help="FOLDER:PART sets in the ISIC challenge layout, never trained on (default: %(default)s)")

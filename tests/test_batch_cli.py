@@ -1,4 +1,4 @@
-"""`python -m inference.predict` writes a Kaggle submission, or says clearly why it cannot."""
+"""`python -m inference.batch` writes a Kaggle submission, or says clearly why it cannot."""
 
 import subprocess
 import sys
@@ -9,7 +9,7 @@ from conftest import REPO
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "inference.predict", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "inference.batch", *map(str, args)],
                           cwd=REPO, capture_output=True, text=True)
 
 

@@ -1,14 +1,14 @@
 """Recipe ablations, one command each: train a variant on fold 0 and compare it with a reference on the same rows.
 
-    python -m train.ablate augment_flips     # train runs/ablate/augment_flips (resumes; skips if complete) + compare
-    python -m train.ablate --list            # the ablations of train/configs/ablations.yaml and their state
-    python -m train.ablate --table           # the README table rows of every finished ablation
+    python -m studies.ablate augment_flips     # train runs/ablate/augment_flips (resumes; skips if complete) + compare
+    python -m studies.ablate --list            # the ablations of train/configs/ablations.yaml and their state
+    python -m studies.ablate --table           # the docs/model.md table rows of every finished ablation
 
 An ablation is `base` (a training config) + `common` + its own options, all in the plan file, so the
 command that produced a row is its name. Its result, `results/NAME.json` (a folder of the plan that is
 committed, unlike the run folders, which are scratch), holds the run's own validation metrics
 (metrics.json) and the paired-bootstrap melanoma AUC difference with `against` on the same validation rows
-(`train.baselines.compare`), scored through the Predictor as the app scores.
+(`studies.baselines.compare`), scored through the Predictor as the app scores.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from inference.layout import METRICS, MODEL_DIR, STATUS
+from inference.layout import METRICS, MODEL_DIR, RUN_LOG, STATUS
+from train.errors import ConfigError, DataError
 
 from .baselines import compare
 from .crosscheck import crosscheck
-from .errors import ConfigError, DataError
 
 PLAN = Path("train/configs/ablations.yaml")
 
@@ -87,7 +87,7 @@ def run(plan: dict, name: str) -> dict:
     """Train (unless complete; --resume if started), then compare and write the result."""
     run_dir, other = folder(plan, name), against(plan, name)
     if other is not None and not other.is_dir():  # before training: the comparison is the point of the run
-        how = (f"run `python -m train.ablate {options(plan, name)['against']}` first"
+        how = (f"run `python -m studies.ablate {options(plan, name)['against']}` first"
                if "against" in options(plan, name) else "see the comment on `reference` in the plan file")
         raise DataError(f"{name} is compared with {other}, which does not exist; {how}.")
     if run_status(run_dir) != "complete":
@@ -97,7 +97,7 @@ def run(plan: dict, name: str) -> dict:
         if code != 0:
             raise DataError(f"training {name} stopped with exit code {code}; run the same command to resume.")
     metrics = json.loads((run_dir / MODEL_DIR / METRICS).read_text())
-    logs = [pd.read_csv(log) for log in sorted(run_dir.glob("fold*/log.csv"))]
+    logs = [pd.read_csv(log) for log in sorted(run_dir.glob(f"fold*/{RUN_LOG}"))]
     externals = plan.get("externals", [])
     model, other_model = run_dir / MODEL_DIR, None if other is None else _model_dir(other)
     result = {"name": name, "options": plan["ablations"][name], "against": None if other is None else str(other),
@@ -107,7 +107,7 @@ def run(plan: dict, name: str) -> dict:
                                                       "melanoma_auc_isic2017", "sensitivity_at_90_specificity",
                                                       "ece_after_temperature", "diagnosis_balanced_accuracy")},
               "compare": None if other is None else compare(run_dir, other),
-              # every source's own validation rows and the external sets, through the Predictor (train.crosscheck)
+              # every source's own validation rows and the external sets, through the Predictor (studies.crosscheck)
               "crosscheck": crosscheck(model, externals, other_model) if externals else None}
     result_path(plan, name).parent.mkdir(parents=True, exist_ok=True)
     result_path(plan, name).write_text(json.dumps(result, indent=1) + "\n")
@@ -128,7 +128,7 @@ def _difference(figures: dict | None) -> str:
 
 
 def row(result: dict, plan_path: Path = PLAN) -> str:
-    """One README table row; its command names `--plan` unless it is the default plan."""
+    """One docs/model.md table row; its command names `--plan` unless it is the default plan."""
     m = result["metrics"]
     ham = (result["compare"] or {}).get("ham10000", {"auc": m["melanoma_auc_ham10000"]})
     options = ", ".join(f"{k} {v}" for k, v in result["options"].items() if k != "against") or "the base recipe"
@@ -143,7 +143,7 @@ def row(result: dict, plan_path: Path = PLAN) -> str:
     else:
         line += " – | – | – | – |"
     plan_arg = "" if Path(plan_path) == PLAN else f"--plan {plan_path} "
-    return line + f" {result['train_minutes']:.0f} | `python -m train.ablate {plan_arg}{result['name']}` |"
+    return line + f" {result['train_minutes']:.0f} | `python -m studies.ablate {plan_arg}{result['name']}` |"
 
 
 def table(plan: dict, plan_path: Path = PLAN) -> str:
@@ -159,12 +159,12 @@ def table(plan: dict, plan_path: Path = PLAN) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.ablate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.ablate", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="ablations to run, in order (train/configs/ablations.yaml)")
     parser.add_argument("--plan", type=Path, default=PLAN, help="default: %(default)s; the cross-source decisions "
                                                                    "(issue 24) are train/configs/ablations_sources.yaml")
     parser.add_argument("--list", action="store_true", help="list the ablations and their state")
-    parser.add_argument("--table", action="store_true", help="print the README table of the finished ones")
+    parser.add_argument("--table", action="store_true", help="print the docs/model.md table of the finished ones")
     args = parser.parse_args(argv)
     try:
         plan = load_plan(args.plan)

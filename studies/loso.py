@@ -1,13 +1,13 @@
 """Leave one source out: train the recipe on the other sources and score the source it never saw.
 
-    python -m train.loso --reference runs/ablate_sources/three_sources/model   # trains runs/loso/without_<source>
-    python -m train.loso --table                                               # the README table (output/loso.json)
+    python -m studies.loso --reference runs/ablate_sources/three_sources/model   # trains runs/loso/without_<source>
+    python -m studies.loso --table                                               # the docs/model.md table (output/loso.json)
 
 For each source of the recipe (`--config`, default the CPU recipe), a run without it is trained (`--epochs`,
 short by default) and scored through the Predictor on the held-out source's rows that `--reference` (a model
 trained on every source) was validated on. Both models are scored on the same images, so the table gives the
 paired-bootstrap interval of the difference: how much of a source's AUC comes from having trained on its look.
-The result is written to `output/loso.json` (committed: the README table's source).
+The result is written to `output/loso.json` (committed: the docs/model.md table's source).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import yaml
 
 from inference import Predictor
 from inference.layout import METRICS, MODEL_DIR, STATUS, TRAINING_CONFIG
+from train import metrics as M
+from train.errors import ConfigError, DataError
+from train.fit_guard import model_rows
 
-from . import metrics as M
 from .crosscheck import assess, source_figures
-from .errors import ConfigError, DataError
-from .fit_guard import model_rows
 
 # source name → the config key that lists its folders
 SOURCE_KEYS = {"ham10000": "ham_dirs", "isic2020": "isic_dirs", "isic2017": "challenge_dirs"}
@@ -85,7 +85,7 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.loso", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.loso", description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, help="a model folder trained on every source with the same epochs")
     parser.add_argument("--config", type=Path, default=Path("train/configs/cpu_default.yaml"))
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each run without a source (default: 3)")

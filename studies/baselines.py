@@ -1,10 +1,10 @@
 """Metadata-only baselines: how much melanoma signal is in age, sex and site alone.
 
-    python -m train.baselines --run output/default     # the folds of a training run, scored like the model
-    python -m train.baselines --run output/default --blank_metadata   # + the fused model with blank fields
-    python -m train.baselines --run output/default --tta              # + the fused model with 8-view TTA
-    python -m train.baselines --run output/default --compare RUN      # paired AUC difference with another run
-    python -m train.baselines --isic_csv ../shared/data/isic2020/ISIC_2020_Training_GroundTruth_v2.csv
+    python -m studies.baselines --run output/default     # the folds of a training run, scored like the model
+    python -m studies.baselines --run output/default --blank_metadata   # + the fused model with blank fields
+    python -m studies.baselines --run output/default --tta              # + the fused model with 8-view TTA
+    python -m studies.baselines --run output/default --compare RUN      # paired AUC difference with another run
+    python -m studies.baselines --isic_csv ../shared/data/isic2020/ISIC_2020_Training_GroundTruth_v2.csv
 
 Both use the model's own encoding (`inference.metadata.encode`), so "metadata-only" means exactly
 the information the fused model's metadata branch sees, and sklearn's HistGradientBoosting, which
@@ -30,10 +30,10 @@ from inference.layout import CONFIG, FOLDS, METRICS, MODEL_DIR, RUN_CONFIG, TRAI
 from inference.metadata import Metadata, encode, normalize
 from inference.model import CLASSES
 
-from . import metrics as M
-from .config import Config, resolve_config
-from .data import ages, config_sources
-from .errors import ConfigError, DataError
+from train import metrics as M
+from train.config import Config, resolve_config
+from train.data import ages, config_sources
+from train.errors import ConfigError, DataError
 
 
 def encoded(frame: pd.DataFrame) -> np.ndarray:
@@ -193,7 +193,7 @@ def print_paired(result: dict, a: str, b: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.baselines", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.baselines", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a training run folder (or output/default)")
     parser.add_argument("--blank_metadata", action="store_true",
                         help="also score the run's model on its validation folds with all metadata unknown")

@@ -1,7 +1,7 @@
 """The Space's footprint as a new user (and the Hugging Face builder) meets it: install, start, memory.
 
-    python bench/space.py                      # stages the bundled Space, builds a fresh venv, measures
-    python bench/space.py --json out.json      # also writes the headline figures
+    python bench/footprint.py                      # stages the bundled Space, builds a fresh venv, measures
+    python bench/footprint.py --json out.json      # also writes the headline figures
 
 One run, in this order: stage exactly what `python -m deploy space --bundled` uploads; a fresh venv with the
 front matter's Python and `pip install -r requirements.txt` from the stage alone (pip's own cache is used
@@ -9,7 +9,7 @@ as on any machine that installed these wheels before; `--no-cache` measures a co
 size on disk; then, in turns (`--rounds`), `python -c "import gradio"` and `python app.py` → first HTTP 200
 (cold start), from the staged folder; after the last start, one `/predict` through gradio_client on an
 example and the server's resident memory (RSS). Also checks that `import app` leaves torch out of
-sys.modules. Targets (issue 21) are printed beside the figures; README "Run the app" quotes a run.
+sys.modules. Targets (issue 21) are printed beside the figures; docs/space.md ("Footprint") quotes a run.
 """
 
 from __future__ import annotations

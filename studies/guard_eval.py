@@ -1,4 +1,4 @@
-"""Measure the out-of-scope guard and its alternatives: `python -m train.guard_eval --model output/default`.
+"""Measure the out-of-scope guard and its alternatives: `python -m studies.guard_eval --model output/default`.
 
 * Out of scope: every still image scikit-image, matplotlib and scikit-learn ship that loads offline
   (photos and drawings), and generated flat, gradient, noise, text and screenshot-like images (seeded).
@@ -12,7 +12,7 @@
   the lines are set on one half and counted on the other, both ways, so each image is counted once, held out.
 Each alternative (one Gaussian over all training images; the nearest of one Gaussian per diagnosis) is fitted on
 the same embeddings. The chosen guard's figures go into guard.json (`evaluation`) for the model card; the
-table of all of them is printed for README.
+table of all of them is printed for docs/space.md.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from inference import metadata as md
 from inference.guard import GUARD_JSON, Guard, colour_features
 from inference.onnx_backend import EMBEDDING, LOGITS
 
-from .errors import DataError
-from .fit_guard import Embedded, build_guard, embed_rows, model_rows
-from .model import MelanomaModel
+from train.errors import DataError
+from train.fit_guard import Embedded, build_guard, embed_rows, model_rows
+from train.network import MelanomaModel
 
 SKIMAGE = ("astronaut", "brick", "camera", "chelsea", "cell", "checkerboard", "clock", "coffee", "coins",
            "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
@@ -206,7 +206,7 @@ def image_sets(predictor: Predictor, val_rows: pd.DataFrame) -> dict[str, tuple[
 
 
 def evaluate(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> dict:
-    """Every alternative's figures (printed as README's table); the chosen guard's go into guard.json."""
+    """Every alternative's figures (printed as docs/space.md's table); the chosen guard's go into guard.json."""
     predictor = Predictor.from_pretrained(model_dir)
     if predictor.guard is None:
         raise ValueError(f"{model_dir} has no guard to evaluate: run `python -m train.fit_guard --model {model_dir}`.")
@@ -228,7 +228,7 @@ def evaluate(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame) 
     print(table(results))
     info = json.loads((Path(model_dir) / GUARD_JSON).read_text())
     info["evaluation"] = {**results[list(results)[-1]], "alternatives": results,
-                          "command": f"python -m train.guard_eval --model {model_dir}"}
+                          "command": f"python -m studies.guard_eval --model {model_dir}"}
     (Path(model_dir) / GUARD_JSON).write_text(json.dumps(info, indent=1) + "\n")
     return results
 
@@ -253,7 +253,7 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.guard_eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.guard_eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="model folder with a fitted guard and folds.csv")
     parser.add_argument("--fold", type=int, help="the validation fold (default: the config's one train fold)")
     args = parser.parse_args(argv)

@@ -1,19 +1,19 @@
 """Average the weights of models trained on the same folds with different recipes into one model folder.
 
-    python -m train.soup --models runs/cpu_flips/model runs/cpu_device/model --weights 0.3 0.7 \\
+    python -m studies.soup --models runs/cpu_flips/model runs/cpu_device/model --weights 0.3 0.7 \\
         --output_dir runs/soup
 
 A weight average of models fine-tuned from the same ImageNet start (a "model soup": Wortsman et al., ICML
 2022, arXiv:2203.05482) keeps one model's cost and often generalises better than either. Here it joins a
 model trained with `flips` (best on the sources it saw) and one trained with `device` augmentation (best on
-other clinics' images, worse on HAM10000's own): issue 24, README "Recipe ablations across sources".
+other clinics' images, worse on HAM10000's own): issue 24, docs/model.md "Recipe ablations across sources".
 
 The models must share the architecture (config.json), the folds (folds.csv) and the published fold. The
 average is then treated as a trained fold: its validation logits are computed afresh on that fold's rows,
 and finalize's steps run as after training (temperature, metrics.json, ONNX, guard and triage lines,
 plots, card). metrics.json records the ingredients and their weights under `weight_average`; the card says
 so. BatchNorm running statistics are averaged like the weights (the models started from the same weights
-and stay close; `python -m train.crosscheck` measures the result).
+and stay close; `python -m studies.crosscheck` measures the result).
 """
 
 from __future__ import annotations
@@ -30,18 +30,19 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from inference.layout import CONFIG, FOLDS, METRICS, TRAINING_CONFIG, WEIGHTS, logit_columns
+from inference.layout import (BEST, BEST_JSON, CONFIG, FOLDS, METRICS, TRAINING_CONFIG, VAL_PREDICTIONS, WEIGHTS, fold_dir,
+                              logit_columns)
 from inference.model import CLASSES, probabilities
 
-from .checkpoint import assert_finite
-from .config import Config, make, recipe_changes, to_yaml
-from .data import LesionDataset, collate
-from .epoch import validate
-from .errors import ConfigError, DataError, TrainError
-from .finalize import build_model_folder
-from .metrics import MEL, auc
-from .model import MelanomaModel
-from .run_folder import load_run_data
+from train.checkpoint import assert_finite
+from train.config import Config, make, recipe_changes, to_yaml
+from train.data import LesionDataset, collate
+from train.epoch import validate
+from train.errors import ConfigError, DataError, TrainError
+from train.finalize import build_model_folder
+from train.metrics import MEL, auc
+from train.network import MelanomaModel
+from train.run_folder import load_run_data
 
 
 def read_ingredient(folder: Path) -> tuple[Config, dict, pd.DataFrame, int]:
@@ -110,21 +111,21 @@ def soup(folders: list[Path], weights: list[float], output_dir: Path) -> Path:
     model.load_state_dict(average_weights(folders, weights))
     model.set_temperature(1.0)  # refitted on the average's own validation logits
     assert_finite(model, "save the weight average")
-    best = output_dir / f"fold{fold}" / "best"
+    best = fold_dir(output_dir, fold) / BEST
     best.mkdir(parents=True)
     val_rows = data.frame[data.fold_of == fold]
     table = validation_table(cfg, model, val_rows)
     model.save_pretrained(best)
-    table.to_csv(best / "val_predictions.csv", index=False)
+    table.to_csv(best / VAL_PREDICTIONS, index=False)
     val_auc = auc((table.label == "mel").astype(int).to_numpy(),
                   probabilities(table[logit_columns(CLASSES)].to_numpy(), 1.0)[:, MEL])
-    (best / "best.json").write_text(json.dumps({"fold": fold, "epoch": None, "melanoma_auc": val_auc}))
+    (best / BEST_JSON).write_text(json.dumps({"fold": fold, "epoch": None, "melanoma_auc": val_auc}))
     data.folds_csv.to_csv(output_dir / FOLDS, index=False)
     total = sum(weights)
     differ = sorted({k for c, *_ in ingredients for k in recipe_changes(base, c)} - {"output_dir"})
     summary = {
         "complete": True, "folds_total": cfg.folds, "folds_requested": [fold], "folds_trained": [fold],
-        "per_fold_best": {str(fold): json.loads((best / "best.json").read_text())}, "published_fold": fold,
+        "per_fold_best": {str(fold): json.loads((best / BEST_JSON).read_text())}, "published_fold": fold,
         "model_selection_note": "A weight average of models each chosen by melanoma AUC on this validation fold: "
                                 "these figures are slightly optimistic.",
         "train_images_per_s_mean": None,
@@ -136,7 +137,7 @@ def soup(folders: list[Path], weights: list[float], output_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.soup", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.soup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, nargs="+", required=True, help="model folders written by training runs")
     parser.add_argument("--weights", type=float, nargs="+", required=True, help="one weight per model (normalised)")
     parser.add_argument("--output_dir", type=Path, required=True, help="a new folder: the average goes to its model/")

@@ -1,6 +1,6 @@
 """Batch scoring: write a Kaggle submission (`image_name,target`) for a folder of images.
 
-    python -m inference.predict --model output/default --images test/ --csv test.csv --out submission.csv
+    python -m inference.batch --model output/default --images test/ --csv test.csv --out submission.csv
 
 Reads the competition layout (`test.csv` + `jpeg/test/*.jpg`) and cdeotte's `jpeg-melanoma-NxN`
 layout (`test.csv` + `test/*.jpg`); pass the image folder itself as --images. Extra columns are
@@ -87,7 +87,7 @@ def melanoma_probabilities(predictor: Predictor, table: pd.DataFrame, tta: bool,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inference.predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m inference.batch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model folder, Hub repo id, or repo_id@revision")
     parser.add_argument("--images", required=True, type=Path, help="folder holding <image_name>.jpg")
     parser.add_argument("--csv", required=True, type=Path, help="test.csv of the competition or jpeg-melanoma-NxN")

@@ -1,0 +1,10 @@
+"""Studies: commands that read finished run folders and model folders, and never train a fold themselves
+(`python -m studies.NAME --help`). A training run (`python -m train`) imports none of them.
+
+ablate.py (recipe ablations: one training run per option, against a reference), loso.py (leave one source out),
+crosscheck.py (a model judged source by source through the Predictor, an external set included; writes the
+card's crosscheck.json), baselines.py (metadata-only models and paired comparisons of two runs), soup.py (a
+weight average of trained models into one model folder), guard_eval.py (the out-of-scope guard measured against
+its alternatives on held-out rows, photos and recoloured dermoscopy).
+Dependencies: studies → train → inference; nothing imports studies.
+"""
