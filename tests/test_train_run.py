@@ -271,7 +271,7 @@ def test_time_limit_stops_cleanly_and_resume_finishes(subset, tmp_path, capsys):
     assert not (out / layout.MODEL_DIR).exists()
     # the marker the Kaggle notebook reads (the launcher's exit code cannot tell a clean stop from a crash)
     assert json.loads((out / layout.STATUS).read_text()) == {
-        "status": "time_limit", "folds_done": [], "model_dir": None, "commit": None, "processes": 1}
+        "status": "time_limit", "folds_done": [], "model_dir": None, "commit": None, "processes": 1, "machines": 1}
     assert main(args + ["--resume"]) == 0
     assert (out / layout.MODEL_DIR / layout.WEIGHTS).is_file()
     assert json.loads((out / layout.STATUS).read_text())["status"] == "complete"
