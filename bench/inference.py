@@ -20,7 +20,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,83 +149,74 @@ def http_predict(http, image: str) -> dict:
     raise RuntimeError("the event stream ended without an answer")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--data", type=Path, default=data_root(REPO), help="default: $MELANOMA_DATA or ../shared/data")
-    parser.add_argument("--no-app", action="store_true", help="skip the gradio_client round trip")
-    parser.add_argument("--model", type=Path, help="time this model folder (e.g. output/default, with its guard) "
-                                                   "instead of a random --backbone at --size")
-    parser.add_argument("--json", type=Path, help="also write the headline figures to this JSON file")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+@dataclass
+class Case:
+    """One timed row: `fn` run `runs` times. Cases that share a `group` are timed in turns (`interleaved`), so the
+    ratios between them carry none of the VM's drift; a case alone is timed after a one-second pause."""
+    name: str
+    fn: Callable[[], object]
+    runs: int
+    group: str | None = None
 
-    images = sorted((args.data / "isic2020" / "train").glob("*.jpg"))[:32]
-    folder = Path(tempfile.mkdtemp(prefix="bench_"))
-    if args.model:
-        model_dir = args.model
-    else:
-        model = MelanomaModel(backbone=args.backbone, **{**data_config(args.backbone), "image_size": args.size})
-        model.save_pretrained(folder)
-        export_onnx(model, folder)
-        model_dir = folder
-    onnx = Predictor.from_pretrained(model_dir, threads=args.threads)
-    args.backbone, args.size = onnx.config.backbone, onnx.config.image_size  # what was really timed
-    eager = EagerSession(MelanomaModel.from_pretrained(str(model_dir)))
-    rows: dict[str, tuple[float, float]] = {}
+
+def model_cases(onnx: Predictor, eager: EagerSession, images: list[Path], runs: int) -> list[Case]:
+    """Eager torch, the bare onnxruntime session and the whole Predictor, at batch 1 and 32, on real JPEGs."""
+    cases = []
     for batch in (1, 32):
         paths = [str(p) for p in images[:batch]]
         pixels = np.stack([onnx.model_input(p) for p in paths])
         meta = np.zeros((batch, META_DIM), np.float32)
-        feeds = {"image": pixels, "meta": meta}
-        runs = args.runs if batch == 1 else max(5, args.runs // 5)
+        n = runs if batch == 1 else max(5, runs // 5)
+        # Eager PyTorch alone first: its OpenMP threads spin-wait after each forward, and the run that followed
+        # one (the Predictor's, when all three took turns) paid for it.
+        cases += [Case(f"torch eager, ready tensor, batch {batch}", lambda x=pixels, m=meta: eager.run(x, m), n),
+                  Case(f"onnxruntime session, ready tensor, batch {batch}",
+                       lambda f={"image": pixels, "meta": meta}: onnx.session.session.run(["logits"], f), n,
+                       f"b{batch}"),
+                  Case(f"Predictor (onnx): decode+transform+model, batch {batch}",
+                       lambda ps=paths, b=batch: onnx.predict_batch(ps, [50] * b, ["female"] * b, ["torso"] * b,
+                                                                     batch_size=b), n, f"b{batch}")]
+    return cases
 
-        def eager_forward(pixels=pixels, meta=meta):
-            eager.run(pixels, meta)
 
-        def session(feeds=feeds):
-            onnx.session.session.run(["logits"], feeds)
-
-        def predictor(paths=paths, batch=batch):
-            onnx.predict_batch(paths, [50] * batch, ["female"] * batch, ["torso"] * batch, batch_size=batch)
-
-        # Eager PyTorch on its own first: its OpenMP threads spin-wait after each forward, and the run that
-        # followed one (the Predictor's, when all three took turns) paid for it.
-        rows[f"torch eager, ready tensor, batch {batch}"] = timings(eager_forward, runs)
-        time.sleep(1)
-        rows.update(interleaved({f"onnxruntime session, ready tensor, batch {batch}": session,
-                                 f"Predictor (onnx): decode+transform+model, batch {batch}": predictor}, runs))
-    # Where the Predictor's extra time goes, per image (batch 1): the steps of `model_input`.
-    first, size, mean, std = str(images[0]), args.size, onnx.config.mean, onnx.config.std
+def upload_cases(onnx: Predictor, first: str, phone: Path, runs: int) -> list[Case]:
+    """Where the Predictor's extra time goes (the steps of `model_input` on one image), test-time augmentation,
+    and a 12 MP phone JPEG: decoded by libjpeg at 1/4 scale (`min_side`) against a full decode."""
+    size, mean, std = onnx.config.image_size, onnx.config.mean, onnx.config.std
     opened = open_image(first)
     prepared = prepare(opened, size)
-    rows["  of which: decode (open_image), 1 image"] = timings(lambda: open_image(first), args.runs)
-    rows[f"  of which: resize + centre crop to {size} px, 1 image"] = timings(lambda: prepare(opened, size), args.runs)
-    rows["  of which: normalise, 1 image"] = timings(lambda: to_input(prepared, mean, std), args.runs)
-    steps = {"decode": lambda: open_image(first, min_side=size), "resize + centre crop": lambda: prepare(opened, size),
-             "normalise": lambda: to_input(prepared, mean, std)}
-    swept = after_sweep(steps, args.runs * 4)
-    flow = steps_in_flow(onnx, first, args.runs * 4)
-    # A phone-sized upload (a real image enlarged to 4000×3000, 12 MP): open_image(min_side=size) has libjpeg
-    # decode it at 1/4 scale (1000×750); the last row is the same decode + resize done from a full decode.
-    phone = folder / "phone.jpg"
-    Image.fromarray(opened).resize((4000, 3000), Image.Resampling.BICUBIC).save(phone, quality=92)
-    runs = max(5, args.runs // 5)
-    rows["Predictor (onnx), batch 1, 8-view test-time augmentation"] = timings(
-        lambda: onnx.predict(first, 50, "female", "torso", tta=True), args.runs)
-    rows["Predictor (onnx), batch 1, a 12 MP JPEG upload"] = timings(
-        lambda: onnx.predict(str(phone), 50, "female", "torso"), runs)
-    rows["  of which: decode + resize, reduced-scale decode"] = timings(
-        lambda: prepare(open_image(str(phone), min_side=size), size), runs)
-    rows["  the same from a full-scale decode (no min_side)"] = timings(
-        lambda: prepare(open_image(str(phone)), size), runs)
-    if not args.no_app:
-        rows.update(app_round_trips(onnx, str(images[0]), args.runs))
+    few = max(5, runs // 5)
+    return [Case("  of which: decode (open_image), 1 image", lambda: open_image(first), runs),
+            Case(f"  of which: resize + centre crop to {size} px, 1 image", lambda: prepare(opened, size), runs),
+            Case("  of which: normalise, 1 image", lambda: to_input(prepared, mean, std), runs),
+            Case("Predictor (onnx), batch 1, 8-view test-time augmentation",
+                 lambda: onnx.predict(first, 50, "female", "torso", tta=True), runs),
+            Case("Predictor (onnx), batch 1, a 12 MP JPEG upload",
+                 lambda: onnx.predict(str(phone), 50, "female", "torso"), few),
+            Case("  of which: decode + resize, reduced-scale decode",
+                 lambda: prepare(open_image(str(phone), min_side=size), size), few),
+            Case("  the same from a full-scale decode (no min_side)",
+                 lambda: prepare(open_image(str(phone)), size), few)]
 
+
+def measure(cases: list[Case]) -> dict[str, tuple[float, float]]:
+    """The one runner: p50/p95 ms of every case, in the declared order; a group is timed in turns."""
+    rows: dict[str, tuple[float, float]] = {}
+    for i, case in enumerate(cases):
+        if case.name in rows:
+            continue
+        if case.group is None:
+            time.sleep(1)
+            rows[case.name] = timings(case.fn, case.runs)
+        else:
+            group = {c.name: c.fn for c in cases[i:] if c.group == case.group}
+            rows.update(interleaved(group, case.runs))
+    return rows
+
+
+def report(rows: dict, flow: dict, swept: dict, args: argparse.Namespace) -> dict:
+    """The one reporter: the table, the steps in the Predictor's flow, the ratios against their targets; returns
+    the headline figures (p50) under the names the project's targets use."""
     print(f"\n{args.backbone} at {args.size} px, {args.threads} threads, torch {torch.__version__}, "
           f"{os.cpu_count()} cores")
     print(f"| {'what':<58} |  p50 ms |  p95 ms |\n| {'-' * 58} | ------: | ------: |")
@@ -241,14 +234,56 @@ def main() -> None:
               f"{rows[f'Predictor (onnx): decode+transform+model, batch {batch}'][0] / ready:.2f}x (target <= 1.15x); "
               f"torch eager / onnxruntime = {rows[f'torch eager, ready tensor, batch {batch}'][0] / ready:.2f}x")
     predictor = rows["Predictor (onnx): decode+transform+model, batch 1"][0]
-    if not args.no_app:
-        for name in ("app via gradio_client, batch 1", "app via plain HTTP + server-sent events, batch 1"):
+    for name in ("app via gradio_client, batch 1", "app via plain HTTP + server-sent events, batch 1"):
+        if name in rows:
             print(f"{name.removesuffix(', batch 1')} - Predictor = {rows[name][0] - predictor:+.1f} ms at p50 "
                   "(target <= +30 ms)")
-    if args.json:  # p50 figures of this run, under the names the project's targets use
-        session = rows["onnxruntime session, ready tensor, batch 1"][0]
-        figures = {"predictor_bs1_ms": predictor, "predictor_over_session_bs1": predictor / session,
-                   "session_bs1_ms": session}
+    session = rows["onnxruntime session, ready tensor, batch 1"][0]
+    return {"predictor_bs1_ms": predictor, "predictor_over_session_bs1": predictor / session, "session_bs1_ms": session}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--data", type=Path, default=data_root(REPO), help="default: $MELANOMA_DATA or ../shared/data")
+    parser.add_argument("--no-app", action="store_true", help="skip the gradio_client round trip")
+    parser.add_argument("--model", type=Path, help="time this model folder (e.g. output/default, with its guard) "
+                                                   "instead of a random --backbone at --size")
+    parser.add_argument("--json", type=Path, help="also write the headline figures to this JSON file")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    images = sorted((args.data / "isic2020" / "train").glob("*.jpg"))[:32]
+    folder = Path(tempfile.mkdtemp(prefix="bench_"))
+    model_dir = args.model
+    if model_dir is None:  # a random model of the asked backbone and size: speed does not depend on the weights
+        model = MelanomaModel(backbone=args.backbone, **{**data_config(args.backbone), "image_size": args.size})
+        model.save_pretrained(folder)
+        export_onnx(model, folder)
+        model_dir = folder
+    onnx = Predictor.from_pretrained(model_dir, threads=args.threads)
+    args.backbone, args.size = onnx.config.backbone, onnx.config.image_size  # what was really timed
+    eager = EagerSession(MelanomaModel.from_pretrained(str(model_dir)))
+    first, phone = str(images[0]), folder / "phone.jpg"  # a real image enlarged to 4000×3000 (12 MP)
+    Image.fromarray(open_image(first)).resize((4000, 3000), Image.Resampling.BICUBIC).save(phone, quality=92)
+    rows = measure(model_cases(onnx, eager, images, args.runs) + upload_cases(onnx, first, phone, args.runs))
+    size, opened = args.size, open_image(first)
+    prepared = prepare(opened, size)
+    swept = after_sweep({"decode": lambda: open_image(first, min_side=size), "resize + centre crop":
+                         lambda: prepare(opened, size), "normalise": lambda: to_input(prepared, onnx.config.mean,
+                                                                                      onnx.config.std)}, args.runs * 4)
+    flow = steps_in_flow(onnx, first, args.runs * 4)
+    if not args.no_app:
+        rows.update(app_round_trips(onnx, first, args.runs))
+    figures = report(rows, flow, swept, args)
+    if args.json:
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
 
 

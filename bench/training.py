@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,35 +37,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import gather_object  # noqa: E402
-from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from inference.image import open_image, prepare  # noqa: E402
-from inference.metadata import encode  # noqa: E402
-from train import augment  # noqa: E402
-from train.backbone import data_config  # noqa: E402
 from train.config import Config, make, resolve_config, with_backbone_defaults  # noqa: E402
-from train.data import LesionDataset, class_weights, collate, config_sources  # noqa: E402
-from train.epoch import Clock, batch_to_input, model_input, train_one_epoch  # noqa: E402
+from train.data import class_weights, collate  # noqa: E402
+from train.epoch import Clock, model_input, train_one_epoch  # noqa: E402
 from train.ranks import leave  # noqa: E402
 from train.setup import build_model, param_groups  # noqa: E402
 
-
-def rows_for(cfg: Config, n: int, seed: int = 0):
-    """n rows drawn from the config's real sources, in the training mix (HAM and ISIC together)."""
-    frame, _ = config_sources(cfg)
-    return frame.sample(n=min(n, len(frame)), random_state=seed).reset_index(drop=True)
-
-
-def dataset(cfg: Config, rows, size: int) -> LesionDataset:
-    return LesionDataset(rows, size, augment.build(cfg.augment, size), cfg.meta_dropout, cfg.metadata_mode == "fused",
-                         seed=cfg.seed, colour=cfg.colour_constancy)
+from bench.pipeline import dataset, pipeline, pipeline_from_512, rows_for  # noqa: E402
 
 
 class TimedLoader:
@@ -191,92 +174,7 @@ def _bare_step(accelerator: Accelerator, model, optimizer, batch: dict, weights,
     optimizer.zero_grad(set_to_none=True)
 
 
-def whole_pipeline(cfg: Config, rows, size: int) -> float:
-    """Images/s on one core of the Dataset + collate as a loader worker runs it (decode to batch)."""
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    ds = dataset(cfg, rows, size)
-    start = time.perf_counter()
-    for i in range(0, len(ds), cfg.batch_size):
-        collate([ds[j] for j in range(i, min(i + cfg.batch_size, len(ds)))])
-    return len(ds) / (time.perf_counter() - start)
-
-
-def enlarged_rows(rows, side: int, folder: Path):
-    """The rows with their images re-encoded as side x side JPEGs in `folder` (Kaggle's 512 px files are
-    what the 384 px recipe decodes; the shared images are 256 px and smaller, so they are enlarged)."""
-    paths = []
-    for path in rows["path"]:
-        target = folder / f"{Path(path).stem}.jpg"
-        Image.fromarray(open_image(path)).resize((side, side), Image.Resampling.BICUBIC).save(target, quality=95)
-        paths.append(str(target))
-    return rows.assign(path=paths)
-
-
-def pipeline(cfg: Config, size: int, n: int) -> dict[str, float]:
-    """Images/s on one core: each stage alone, then the whole Dataset + collate as the loader runs it."""
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    rows = rows_for(cfg, n, seed=1)
-    ds = dataset(cfg, rows, size)
-    dc = data_config(cfg.backbone)
-    transform = augment.build(cfg.augment, size)
-    out: dict[str, float] = {}
-
-    def rate(name: str, fn, items) -> list:
-        start, results = time.perf_counter(), [fn(x) for x in items]
-        out[name] = len(items) / (time.perf_counter() - start)
-        return results
-
-    images = rate("decode (open_image, EXIF, RGB)", open_image, rows["path"].tolist())
-    arrays = rate(f"resize + centre crop to {size} px", lambda im: prepare(im, size), images)
-    if transform is not None:
-        rng = np.random.default_rng(0)
-        costs = step_costs(cfg.augment, size, arrays[:128])
-        arrays = rate(f"augment ({cfg.augment!r})", lambda a: np.ascontiguousarray(transform(a, rng)), arrays)
-        out.update({f"  its dearest steps, each alone on every image: {name}": 1000 / ms for name, ms in costs.items()})
-    rate("metadata encoding", encode, ds.metas)
-    out["whole pipeline: Dataset + collate"] = whole_pipeline(cfg, rows, size)
-    batch = torch.from_numpy(np.stack(arrays[:cfg.batch_size]))
-    start = time.perf_counter()
-    for _ in range(8):
-        batch_to_input(batch, dc["mean"], dc["std"])
-    out["(in the loop, not a worker: normalise the uint8 batch to float, per image)"] = (
-        8 * len(batch) / (time.perf_counter() - start))
-    return out
-
-
-def step_costs(kind: str, size: int, arrays: list, top: int = 5) -> dict[str, float]:
-    """Milliseconds per image of each single step of the augmentation `kind` (OneOf branches included),
-    applied with probability 1 to the same arrays: the dearest `top`, so the slow step has a name."""
-    import copy
-    import inspect
-
-    rng = np.random.default_rng(0)
-    if kind == "strong":
-        def leaves(t):
-            inner = getattr(t, "transforms", None)
-            return [leaf for child in inner for leaf in leaves(child)] if inner is not None else [t]
-
-        steps = []
-        for leaf in leaves(augment.strong_pipeline(size)):
-            always = copy.deepcopy(leaf)
-            always.p = 1.0
-            steps.append((type(leaf).__name__, lambda a, t=always: t(image=a)["image"]))
-    else:
-        steps = [(f.__name__, (lambda a, f=f: f(a, rng, p=1.0)) if "p" in inspect.signature(f).parameters
-                  else (lambda a, f=f: f(a, rng))) for f in augment.STEPS[kind]]
-    costs: dict[str, float] = {}
-    for name, fn in steps:
-        start = time.perf_counter()
-        for a in arrays:
-            np.ascontiguousarray(fn(a))
-        name += f" #{sum(k.startswith(name) for k in costs) + 1}" if name in costs else ""
-        costs[name] = 1000 * (time.perf_counter() - start) / len(arrays)
-    return dict(sorted(costs.items(), key=lambda kv: -kv[1])[:top])
-
-
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Any other --option is a training option (python -m train --help).")
     parser.add_argument("--config", type=Path, default=REPO / "train" / "configs" / "cpu_default.yaml")
@@ -293,38 +191,27 @@ def main() -> None:
                         help="only the per-process real loop (run it under accelerate launch): the notebook's smoke run")
     parser.add_argument("--images", type=int, default=512, help="images in the smoke run's epoch (all processes)")
     parser.add_argument("--json", type=Path, help="write the headline figures to this JSON file (also with --smoke)")
-    args, train_options = parser.parse_known_args()
+    return parser.parse_known_args()
+
+
+def bench_config(args: argparse.Namespace, train_options: list[str]) -> Config:
+    """The recipe as `python -m train` resolves it, with random weights (no download, same speed)."""
     config = args.config.resolve()
     os.chdir(REPO)  # the configs' data paths are relative to the repository root
     values = asdict(resolve_config(["--config", str(config), *train_options]))
-    values["backbone_weights"] = "none"  # random weights: no download, same speed
+    values["backbone_weights"] = "none"
     if args.data:
         values.update(isic_dirs=[str(args.data / "isic2020")], ham_dirs=[str(args.data / "ham10000")])
     if args.device == "cpu":
         values["mixed_precision"] = "no"
-    cfg = with_backbone_defaults(make(values))
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", args.threads)) if args.smoke else args.threads)
+    return with_backbone_defaults(make(values))
 
-    if args.smoke:
-        smoke(cfg, args.images, args.device, args.json)
-        return
-    real = bare = None
-    if not args.pipeline_only:
-        real, bare, mine = loop_vs_bare(cfg, args.batches, args.device)
-    stages = pipeline(cfg, args.pipeline_size, args.pipeline_images)
-    whole = stages["whole pipeline: Dataset + collate"]
-    with tempfile.TemporaryDirectory(prefix="bench_512_") as folder:
-        rows = enlarged_rows(rows_for(cfg, min(args.pipeline_images, 512), seed=2), 512, Path(folder))
-        from_512 = whole_pipeline(cfg, rows, 384)
-        start = time.perf_counter()  # its two dearest stages alone, on the same files (one thread, as above)
-        decoded = [open_image(path, min_side=384) for path in rows["path"]]
-        stages_512 = {"decode a 512 px JPEG": len(decoded) / (time.perf_counter() - start)}
-        start = time.perf_counter()
-        for array in decoded:
-            prepare(array, 384)
-        stages_512["area-filter resize 512 -> 384 px"] = len(decoded) / (time.perf_counter() - start)
 
-    unit = "GPU" if args.device == "cuda" else "process"
+def report(cfg: Config, args: argparse.Namespace, loop: tuple | None, stages: dict, from_512: float,
+           stages_512: dict) -> dict:
+    """The table, the ratios against their targets and the plan for several GPUs; returns the headline figures."""
+    real, bare, mine = loop if loop is not None else (None, None, None)
+    whole, unit = stages["whole pipeline: Dataset + collate"], "GPU" if args.device == "cuda" else "process"
     print(f"\n{cfg.backbone} at {cfg.image_size} px, batch {cfg.batch_size}, augment {cfg.augment!r}, "
           f"{args.device}, {args.threads} threads, {cfg.num_workers} loader worker(s), torch {torch.__version__}, "
           f"{os.cpu_count()} cores ({args.config.name})")
@@ -335,9 +222,8 @@ def main() -> None:
         print(f"| real loop per {unit}, after 2 warm-up steps | {mine['images_per_s']:.1f} |")
     for name, value in stages.items():
         print(f"| pipeline at {args.pipeline_size} px, 1 core: {name} | {value:.0f} |")
-    for name, value in stages_512.items():
+    for name, value in {**stages_512, "whole pipeline: Dataset + collate": from_512}.items():
         print(f"| pipeline at 384 px from 512 px JPEGs, 1 core: {name} | {value:.0f} |")
-    print(f"| pipeline at 384 px from 512 px JPEGs, 1 core: whole pipeline: Dataset + collate | {from_512:.0f} |")
     if real is not None:
         print(f"\nreal loop / bare fwd-bwd = {real / bare:.2f} (target >= 0.90)")
         print(f"real loop: {mine['images_per_s']:.1f} images/s per {unit}, loader wait "
@@ -345,10 +231,6 @@ def main() -> None:
               + (f", peak GPU memory {mine['peak_gpu_memory_gb']:.2f} GB" if args.device == "cuda" else ""))
     print(f"data pipeline at {args.pipeline_size} px = {whole:.0f} images/s per core (target >= 400)")
     print(f"data pipeline at 384 px from 512 px JPEGs = {from_512:.0f} images/s per core (target >= 200)")
-    if args.json:
-        figures = {f"pipeline_per_core_{args.pipeline_size}": whole, "pipeline_per_core_384_from_512": from_512,
-                   "loop_over_bare": None if real is None else real / bare}
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
     # Feeding several GPUs: each of the `gpus` processes needs `bare` images/s (this run's bare rate, meaningful
     # when --device cuda ran on that GPU); the machine's CPUs, minus one per training process, decode for all.
     spare = max(args.vcpus - args.gpus, 1)
@@ -356,6 +238,23 @@ def main() -> None:
           f"= ~{spare * whole:.0f} images/s at {args.pipeline_size} px if vCPUs were cores like these"
           + ("" if bare is None else f"; the GPUs need {args.gpus} x bare rate = {args.gpus * bare:.0f} images/s"
              + ("" if args.device == "cuda" else " (a CPU bare rate here: run with --device cuda on the GPU machine)")))
+    return {f"pipeline_per_core_{args.pipeline_size}": whole, "pipeline_per_core_384_from_512": from_512,
+            "loop_over_bare": None if real is None else real / bare}
+
+
+def main() -> None:
+    args, train_options = parse_args()
+    cfg = bench_config(args, train_options)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", args.threads)) if args.smoke else args.threads)
+    if args.smoke:
+        smoke(cfg, args.images, args.device, args.json)
+        return
+    loop = None if args.pipeline_only else loop_vs_bare(cfg, args.batches, args.device)
+    stages = pipeline(cfg, args.pipeline_size, args.pipeline_images)
+    from_512, stages_512 = pipeline_from_512(cfg, min(args.pipeline_images, 512))
+    figures = report(cfg, args, loop, stages, from_512, stages_512)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

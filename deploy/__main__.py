@@ -1,8 +1,10 @@
-"""Put the Space on the Hugging Face Hub, or rehearse its build here.
+"""Put the Space on the Hugging Face Hub or the training notebook on Kaggle, or rehearse either here.
 
     python -m deploy space --repo ORG/NAME (--model ORG/MODEL@SHA | --bundled) [--private]
                            [--dry-run] [--stage DIR] [--project-url URL]
     python -m deploy space rehearse --stage DIR [--model-folder DIR] [--report FILE] [--work DIR]
+    python -m deploy kaggle push --username U [--hf-repo ORG/NAME] ...   (python -m deploy kaggle --help)
+    python -m deploy kaggle rehearse [--out DIR]
 
 space     Stages what the Space needs (app.py, inference/, examples/, requirements.txt, a README with the
           Space front matter; output/default only with --bundled) and, with huggingface_hub.HfApi, creates
@@ -34,6 +36,8 @@ from .stage import DeployError, parse_model, stage
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m deploy", description=__doc__.split("\n\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
+    commands.add_parser("kaggle", help="put the Kaggle notebook and the code on Kaggle, or rehearse it here "
+                                       "(python -m deploy kaggle --help)", add_help=False)
     space = commands.add_parser("space", help="stage the Space and create or update it on the Hub")
     space.add_argument("--repo", help="the Space, ORG/NAME")
     source = space.add_mutually_exclusive_group()
@@ -99,6 +103,11 @@ def rehearse_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["kaggle"]:  # its own parser (deploy/kaggle_cli.py): push, rehearse
+        from .kaggle_cli import main as kaggle
+
+        return kaggle(argv[1:])
     args = parser().parse_args(argv)
     try:
         return rehearse_command(args) if args.action == "rehearse" else space(args)

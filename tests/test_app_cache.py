@@ -1,23 +1,17 @@
-"""Uploads and heat maps do not outlive the retention time: while the server runs, and after it was killed.
+"""Uploads and heat maps do not outlive the retention time: while the server runs, and after it was killed
+(inference/uploads.py: each server's own locked folder, swept by the others once it has ended).
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from app_helpers import MARK, assert_still_serves, kill_app, launch, start_app, upload
 from conftest import REPO
 from gradio_client import Client, handle_file
-
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from app_helpers import MARK, assert_still_serves, kill_app, launch, start_app, upload
-
-import app  # noqa: E402  (app.py sits at the repository root; the Blocks it builds have analytics off)
 
 pytestmark = pytest.mark.usefixtures("tripwire")  # no connection leaves the loopback (app_helpers)
 

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psutil
 import pytest
-from app_helpers import upload
 from gradio_client import Client, handle_file
 
 pytestmark = pytest.mark.usefixtures("tripwire")  # no connection leaves the loopback (app_helpers)

@@ -88,3 +88,18 @@ def test_a_training_run_imports_no_study():
     for path in (REPO / "studies").glob("*.py"):
         relative = {n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom) and n.level}
         assert relative <= {"ablate", "baselines", "crosscheck", "guard_eval", "loso", "soup", None}, (path, relative)
+
+
+def test_files_and_functions_stay_small_outside_the_tests():
+    """No .py file over 300 lines and no function over 50 outside tests/: one job per file, readable functions."""
+    too_long = []
+    for path in REPO.rglob("*.py"):
+        if {".venv", "runs", "tests"} & set(path.relative_to(REPO).parts):
+            continue
+        text = path.read_text()
+        if text.count("\n") > 300:
+            too_long.append(f"{path.relative_to(REPO)}: {text.count(chr(10))} lines")
+        too_long += [f"{path.relative_to(REPO)}: {node.name}() {node.end_lineno - node.lineno + 1} lines"
+                     for node in ast.walk(ast.parse(text)) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     and node.end_lineno - node.lineno + 1 > 50]
+    assert too_long == []

@@ -1,5 +1,5 @@
-"""The Kaggle side: `notebooks/kaggle.py push` stages what Kaggle accepts and says "pushed" only when it is;
-the notebook's helpers (notebooks/kaggle_session.py) choose code, data, what to install and the outcome
+"""The Kaggle side: `python -m deploy kaggle push` stages what Kaggle accepts and says "pushed" only when it is;
+the notebook's helpers (the kaggle_notebook package) choose code, data, what to install and the outcome
 deterministically, in the mount layouts Kaggle has; `rehearse` runs the notebook end to end inside a
 Kaggle-image environment (three papermill sessions, 2 CPU processes, a fake Hub).
 
@@ -25,23 +25,18 @@ import pytest
 import yaml
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "notebooks"))
-import kaggle_env  # noqa: E402
-import kaggle_push  # noqa: E402
-import kaggle_rehearse  # noqa: E402
-import kaggle_session as ks  # noqa: E402
-
-from inference import layout  # noqa: E402
+import kaggle_notebook as ks
+from deploy import kaggle_env, kaggle_inputs, kaggle_push, kaggle_rehearse
+from inference import layout
 
 pytestmark = pytest.mark.kaggle
 
-SCRIPT = REPO / "notebooks" / "kaggle.py"
 NOTEBOOK = REPO / "notebooks" / "melanoma_train_kaggle.ipynb"
 KAGGLE_CONFIG = REPO / "train" / "configs" / "kaggle_2xT4.yaml"
 
 
 def run_script(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "deploy", "kaggle", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env or os.environ.copy())
 
 
@@ -73,7 +68,7 @@ def test_dry_run_stages_the_code_as_one_zip_with_code_and_no_data(dry_run):
         files = set(archive.namelist())
         version = json.loads(archive.read(ks.CODE_MARKER))
     for needed in ("train/__main__.py", "train/loop.py", "inference/__init__.py", "inference/layout.py",
-                   "notebooks/kaggle_session.py", "notebooks/melanoma_train_kaggle.ipynb",
+                   "kaggle_notebook/__init__.py", "kaggle_notebook/run.py", "notebooks/melanoma_train_kaggle.ipynb",
                    "train/configs/kaggle_2xT4.yaml", "bench/training.py", "requirements.txt", "requirements-train.txt"):
         assert needed in files, needed
     assert not [f for f in files if f.startswith(("output/", "runs/", "input/")) or "/runs/" in f]
@@ -304,7 +299,7 @@ def test_the_code_dataset_wins_over_an_earlier_output_in_the_current_layout(tmp_
 
 def test_no_code_attached_says_how_to_push_it(tmp_path):
     (tmp_path / "input").mkdir()
-    with pytest.raises(SystemExit, match=r"kaggle\.py push --username"):
+    with pytest.raises(SystemExit, match=r"python -m deploy kaggle push --username"):
         ks.use_code(tmp_path / "input", tmp_path)
 
 
@@ -388,16 +383,15 @@ def test_the_rehearsal_environment_is_kaggles_versions_with_tensorflow_and_no_pr
 
 def test_the_notebooks_helpers_need_only_the_standard_library():
     """They run before anything is installed, and the rehearsal's driver runs in any Python."""
-    code = ("import sys; sys.path.insert(0, 'notebooks')\n"
-            "import kaggle_session, kaggle_push, kaggle_env, kaggle_rehearse, importlib.util\n"
-            "spec = importlib.util.spec_from_file_location('cli', 'notebooks/kaggle.py')\n"
-            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); print('ok')")
+    code = ("import sys; sys.path.insert(0, '.')\n"
+            "import kaggle_notebook, deploy.kaggle_cli, deploy.recording_hub\n"
+            "print('ok' if 'deploy.kaggle_rehearse' in sys.modules else 'cli without the rehearsal')")
     done = subprocess.run([sys.executable, "-S", "-c", code], cwd=REPO, capture_output=True, text=True)  # -S: no
     assert done.stdout.strip() == "ok", done.stderr[-2000:]  # site-packages at all
 
 
 def test_notebook_cells_are_a_few_calls_each():
-    """Item 9: logic lives in notebooks/kaggle_session.py, where tests import it."""
+    """Item 9: logic lives in the kaggle_notebook package, where tests import it."""
     nb = json.loads(NOTEBOOK.read_text())
     for c in nb["cells"]:
         if c["cell_type"] == "code":
@@ -412,7 +406,7 @@ def test_run_and_model_folder_names_are_spelled_only_in_inference_layout():
     names = [layout.STATUS, layout.RUN_CONFIG, layout.FOLDS, layout.ONNX, layout.WEIGHTS, layout.METRICS,
              layout.TRAINING_CONFIG, layout.LOGIT_PREFIX, *layout.PLOTS]
     spelled = []
-    for path in [*(REPO / "train").rglob("*.py"), *(REPO / "notebooks").glob("*.py")]:
+    for path in [*(REPO / "train").rglob("*.py"), *(REPO / "kaggle_notebook").glob("*.py"), *(REPO / "deploy").glob("kaggle_*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
                     any(node.value == n or node.value.startswith(layout.LOGIT_PREFIX) for n in names):
@@ -520,9 +514,9 @@ def test_the_rehearsal_mocks_the_isic2019_set_from_isic2017_images(tmp_path, dat
     images symlinked from the real ISIC 2017 training set; training's own reader takes it as isic2019."""
     from train.sources.jpeg_melanoma import load_jpeg_melanoma
 
-    inp = kaggle_rehearse.build_input_tree(tmp_path, "flat", code_zip, "root", data=data_dir, isic_benign=10,
+    inp = kaggle_inputs.build_input_tree(tmp_path, "flat", code_zip, "root", data=data_dir, isic_benign=10,
                                            ham_per_dx=2)
-    mock = kaggle_rehearse.mount(inp, "dataset", "flat", *kaggle_rehearse.ISIC2019)
+    mock = kaggle_inputs.mount(inp, "dataset", "flat", *kaggle_inputs.ISIC2019)
     with open(mock / "train.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
@@ -530,13 +524,13 @@ def test_the_rehearsal_mocks_the_isic2019_set_from_isic2017_images(tmp_path, dat
                                  "diagnosis", "benign_malignant", "target", "tfrecord", "width", "height"]
     assert {r["patient_id"] for r in rows} == {"-1"} and {r["diagnosis"] for r in rows} == {"MEL", "NV", "BKL"}
     assert "anterior torso" in {r["anatom_site_general_challenge"] for r in rows}
-    assert len(rows) == sum(kaggle_rehearse.ISIC2019_ROWS.values())
+    assert len(rows) == sum(kaggle_inputs.ISIC2019_ROWS.values())
     assert (mock / "train").resolve() == (data_dir / "isic2017" / "ISIC-2017_Training_Data").resolve()
-    assert ks.choose_isic(inp, 64)[0] == str(kaggle_rehearse.mount(inp, "dataset", "flat", *kaggle_rehearse.ISIC))
+    assert ks.choose_isic(inp, 64)[0] == str(kaggle_inputs.mount(inp, "dataset", "flat", *kaggle_inputs.ISIC))
     assert ks.choose_isic2019(inp, 64)[0] == [str(mock)]
     frame = load_jpeg_melanoma(mock)
     assert set(frame.source) == {"isic2019"} and len(frame) == len(rows)
-    assert (frame.label == "mel").sum() == kaggle_rehearse.ISIC2019_ROWS["MEL"] and set(frame.site) >= {"torso"}
+    assert (frame.label == "mel").sum() == kaggle_inputs.ISIC2019_ROWS["MEL"] and set(frame.site) >= {"torso"}
 
 
 # --- outcome: status.json, never the launcher's exit code -----------------------------------------------------
@@ -588,10 +582,10 @@ def test_cpu_launch_starts_two_real_processes(tmp_path):
 
 
 def test_smoke_run_reports_per_process_rate_loader_wait_and_memory(tmp_path, data_dir, code_zip):
-    inp = kaggle_rehearse.build_input_tree(tmp_path, "current", code_zip, "folder", data=data_dir, isic_benign=30,
+    inp = kaggle_inputs.build_input_tree(tmp_path, "current", code_zip, "folder", data=data_dir, isic_benign=30,
                                            ham_per_dx=6)  # real rows, symlinked images
-    isic = kaggle_rehearse.mount(inp, "dataset", "current", *kaggle_rehearse.ISIC)
-    ham = kaggle_rehearse.mount(inp, "dataset", "current", *kaggle_rehearse.HAM)
+    isic = kaggle_inputs.mount(inp, "dataset", "current", *kaggle_inputs.ISIC)
+    ham = kaggle_inputs.mount(inp, "dataset", "current", *kaggle_inputs.HAM)
     launch, env = ks.launch_command(REPO, cpu=True, processes=2)
     out = tmp_path / "smoke.json"
     code, text = ks.run_logged(launch + ["bench/training.py", "--smoke", "--images", "64", "--json", str(out),
@@ -647,15 +641,15 @@ def test_rehearsal_runs_the_notebook_as_three_kaggle_sessions_in_kaggles_image_a
     assert set(report["layouts"]) == {"current", "flat"} and set(report["code_unpacked"]) == {"folder", "root"}
     assert [s["status"] for s in report["sessions"]] == ["complete", "time_limit", "complete"]
     # the ISIC 2019 mock was trained on: every one of its rows is in session 1's folds and class x source table
-    assert report["trained_rows_by_source"]["isic2019"] == sum(kaggle_rehearse.ISIC2019_ROWS.values())
+    assert report["trained_rows_by_source"]["isic2019"] == sum(kaggle_inputs.ISIC2019_ROWS.values())
     assert set(report["trained_rows_by_source"]) == {"isic2020", "ham10000", "isic2019"}
     folds = (out / "outputs" / "1-complete" / "runs" / "rehearsal-a" / layout.FOLDS).read_text()
-    assert folds.count(",isic2019,") == sum(kaggle_rehearse.ISIC2019_ROWS.values())
+    assert folds.count(",isic2019,") == sum(kaggle_inputs.ISIC2019_ROWS.values())
     text = kaggle_rehearse.notebook_text(out / "executed-1-complete.ipynb")
     assert re.search(r"^ISIC 2019: \S+/jpeg-isic2019-384x384 ", text, re.M)
     assert re.search(r"^source\s+ham10000\s+isic2019\s+isic2020\s*$", text, re.M)
     uploads = [c for c in json.loads((out / "hub-record.json").read_text())["calls"] if c["call"] == "upload_folder"]
     assert len(uploads) == 2 and all(kaggle_rehearse.EXPECTED_UPLOAD <= set(u["files"]) for u in uploads)
     # the ISIC images of the rehearsal are symlinks into the shared data, never copies
-    assert (kaggle_rehearse.mount(out / "kaggle" / "input", "dataset", "current", *kaggle_rehearse.ISIC)
+    assert (kaggle_inputs.mount(out / "kaggle" / "input", "dataset", "current", *kaggle_inputs.ISIC)
             / "train").is_symlink()

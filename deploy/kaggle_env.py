@@ -27,10 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+from inference import layout
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-from inference import layout  # noqa: E402  (standard library only)
 
 # ../shared/kaggle-image, beside the data the tests read (../shared/data, or wherever $MELANOMA_DATA points)
 IMAGE_RECORDS = layout.data_root(REPO).parent / "kaggle-image"
@@ -192,7 +191,7 @@ def clean_environ(python: Path) -> dict:
     return env
 
 
-if __name__ == "__main__":  # `python notebooks/kaggle_env.py`: build (or find) it and print where
+if __name__ == "__main__":  # `python -m deploy.kaggle_env`: build (or find) it and print where
     try:
         print(json.dumps({k: v for k, v in kaggle_image_env(log=lambda m: print(m, file=sys.stderr)).items()
                           if k not in ("installed", "constraints")}, indent=1))

@@ -1,20 +1,20 @@
 """Kaggle: put the project on Kaggle (`push`), and rehearse the Kaggle notebook here (`rehearse`).
 
-    python notebooks/kaggle.py push --username U [--hf-repo ORG/NAME] [--no-run] [--resume] [--dry-run] [--stage DIR]
-    python notebooks/kaggle.py rehearse [--out DIR]
+    python -m deploy kaggle push --username U [--hf-repo ORG/NAME] [--no-run] [--resume] [--dry-run] [--stage DIR]
+    python -m deploy kaggle rehearse [--out DIR]
 
-push      (notebooks/kaggle_push.py) Stages the code dataset U/melanoma-triage-code (one zip of the files git
+push      (deploy/kaggle_push.py) Stages the code dataset U/melanoma-triage-code (one zip of the files git
           would commit, no data) and the kernel U/melanoma-triage-train-2xt4 (the notebook; GPU T4 x2, internet
           on; --resume attaches its own previous output and pins the first session's image), then runs
           `kaggle datasets create|version`, waits until Kaggle has the new version ready, and runs
           `kaggle kernels push`, failing on what the CLI prints as well as on its exit code.
-rehearse  (notebooks/kaggle_rehearse.py) Runs the notebook three times as Kaggle sessions inside a Kaggle-image
-          environment (notebooks/kaggle_env.py: Python 3.12, torch 2.10.0 and Kaggle's package versions, built
+rehearse  (deploy/kaggle_rehearse.py) Runs the notebook three times as Kaggle sessions inside a Kaggle-image
+          environment (deploy/kaggle_env.py: Python 3.12, torch 2.10.0 and Kaggle's package versions, built
           once and cached), with its real install cell, on Kaggle's mount layouts built from ../shared/data,
           2 CPU processes, a fake Hub: a run to completion, a time-limited run, its resumption. Writes
           DIR/rehearsal.json; exit 0 only if every check passes.
 
-The notebook itself imports notebooks/kaggle_session.py (standard library only) from the attached code.
+The notebook itself imports the kaggle_notebook package (standard library only) from the attached code.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-import kaggle_env
-import kaggle_push
-import kaggle_rehearse
+from . import kaggle_env, kaggle_push, kaggle_rehearse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python notebooks/kaggle.py", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m deploy kaggle", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="stage the code dataset and the kernel, then upload them with the kaggle CLI",

@@ -1,4 +1,4 @@
-"""`python notebooks/kaggle.py push`: stage the code dataset and the kernel, upload them with the official
+"""`python -m deploy kaggle push`: stage the code dataset and the kernel, upload them with the official
 `kaggle` CLI, and say so only when Kaggle has taken them (standard library only).
 
 1. The code dataset U/melanoma-triage-code: one zip, melanoma-triage.zip, of every file git would commit
@@ -29,10 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from kaggle_session import CODE_MARKER
+from kaggle_notebook.code import CODE_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
+HERE = REPO / "notebooks"  # the notebook and its kernel metadata
 NOTEBOOK = HERE / "melanoma_train_kaggle.ipynb"
 KERNEL_TEMPLATE = HERE / "kernel-metadata.json"
 PLACEHOLDER = "YOUR_KAGGLE_USERNAME"
@@ -103,7 +103,7 @@ def stage_code(username: str, dest: Path, repo: Path = REPO) -> Path:
         "licenses": [{"name": "other"}],
         "subtitle": "Training code of the melanoma triage model",
         "description": "The melanoma-triage project's source (train/, inference/, notebooks/, ...), staged by "
-                       "`python notebooks/kaggle.py push`. Code licence: Apache-2.0. No data, no images, no "
+                       "`python -m deploy kaggle push`. Code licence: Apache-2.0. No data, no images, no "
                        "weights: attach the ISIC 2020, HAM10000 and ISIC 2019 datasets separately.",
         "keywords": [],
     }
