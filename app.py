@@ -42,6 +42,7 @@ REFUSAL = ("## This does not look like a dermoscopic image\nThe model was traine
 # seconds for files older than RETENTION[1] (so nothing stays past their sum); the folders of servers that
 # have ended (killed, crashed) go at the next start and within RETENTION[0] while another server runs.
 RETENTION = (int(os.environ.get("MELANOMA_RETENTION_S", 600)),) * 2
+ROWS_PER_RUN = 4  # images per run of the graph: half a request's 8 views, for the memory peak (Predictor.rows_per_run)
 # Server settings of the Space (tests launch with the same ones). Every API call is a new Gradio
 # session holding a copy of the page config (~50 KB); the app keeps no per-session state, so few are kept.
 LAUNCH = dict(max_file_size="20mb", show_error=True, ssr_mode=False, enable_monitoring=False, mcp_server=False,
@@ -278,6 +279,7 @@ def load_predictor(source: str) -> Predictor:
                  "`python -m train --config train/configs/cpu_default.yaml` (writes output/default) or set "
                  "MELANOMA_MODEL to a model folder, a Hub repo id or repo@revision.")
     predictor.model_id = model_name(source)
+    predictor.rows_per_run = ROWS_PER_RUN
     return predictor
 
 

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", required=True, type=Path, help="folder holding <image_name>.jpg")
     parser.add_argument("--csv", required=True, type=Path, help="test.csv of the competition or jpeg-melanoma-NxN")
     parser.add_argument("--out", required=True, type=Path, help="submission CSV to write")
-    parser.add_argument("--tta", action="store_true", help="average the 8 flips/transposes (8x the compute)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="average the 8 flips/transposes, as the Space does (default); --no-tta: one view, 8x faster")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     args = parser.parse_args(argv)

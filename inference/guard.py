@@ -85,6 +85,16 @@ def mahalanobis(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.n
     return np.maximum(own - 2 * cross + other, 0.0).min(axis=1)
 
 
+def view_distance(embedding: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """(B, D) embeddings, or (V, B, D): the V dihedral views of each image → (B,) `mahalanobis` of `features`,
+    averaged over the views. One view's distance is noisy; averaging what test-time augmentation computes
+    anyway halves the real lesions past the refusal line on other clinics' images (issue 29)."""
+    e = np.asarray(embedding)
+    views = e if e.ndim == 3 else e[None]
+    flat = features(views.reshape(-1, views.shape[-1]))
+    return mahalanobis(flat, means, precision).reshape(len(views), -1).mean(axis=0)
+
+
 @dataclass(frozen=True)
 class Guard:
     # float32, as stored: distances of a few hundred need no more digits than float32 holds. Fitting and
@@ -94,6 +104,7 @@ class Guard:
     refuse: float  # embedding distance above it: not a skin lesion, the number is withheld
     caution: float  # embedding distance above it (and not refused): shown, with LESION_CAUTION
     colour_box: tuple[float, float, float]  # (least chroma, lowest and highest hue angle) of dermoscopic colour
+    views: int = 1  # the lines were set on distances averaged over this many dihedral views (8: as served)
 
     def __post_init__(self) -> None:
         for name in ("means", "precision"):
@@ -105,9 +116,9 @@ class Guard:
                              f"({self.refuse}); refit it with `python -m train.fit_guard`.")
 
     def score(self, embedding: np.ndarray) -> np.ndarray:
-        """(B, D) pooled embeddings → (B,) squared Mahalanobis distance to the nearest class (bigger = less like
-        training)."""
-        return mahalanobis(features(embedding), self.means, self.precision)
+        """(B, D) pooled embeddings, or (V, B, D) for V views of each image → (B,) squared Mahalanobis distance
+        to the nearest class, averaged over the views (bigger = less like training)."""
+        return view_distance(embedding, self.means, self.precision)
 
     def colour_score(self, squares: np.ndarray) -> np.ndarray:
         """(B, H, W, 3) uint8 images as uploaded → (B,) how far their colour lies outside the box (0: inside)."""
@@ -151,7 +162,8 @@ class Guard:
             raise ValueError(f"{arrays}: precision {t['precision'].shape} does not match the means "
                              f"{t['means'].shape}.")
         return cls(means=t["means"], precision=t["precision"], refuse=float(meta["refuse"]),
-                   caution=float(meta["caution"]), colour_box=tuple(float(v) for v in meta["colour_box"]))
+                   caution=float(meta["caution"]), colour_box=tuple(float(v) for v in meta["colour_box"]),
+                   views=int(meta.get("views", 1)))
 
     def save(self, folder: str | Path, info: dict) -> None:
         """Write both files; `info` (how the lines were set, figures) goes into guard.json."""
@@ -161,5 +173,5 @@ class Guard:
         save_file({"means": self.means, "precision": self.precision}, str(folder / GUARD_ARRAYS),
                   metadata={"version": GUARD_VERSION})
         payload = {"version": GUARD_VERSION, "refuse": self.refuse, "caution": self.caution,
-                   "colour_box": list(self.colour_box), **info}
+                   "colour_box": list(self.colour_box), "views": self.views, **info}
         (folder / GUARD_JSON).write_text(json.dumps(payload, indent=1) + "\n")

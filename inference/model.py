@@ -65,17 +65,21 @@ class ModelConfig:
     @classmethod
     def load(cls, folder: str | Path) -> "ModelConfig":
         path = Path(folder) / CONFIG
-        raw = json.loads(path.read_text())
         try:
-            check_config(raw.get("classes", CLASSES), raw.get("temperature", 1.0),
-                         raw.get("metadata_encoding", ENCODING_VERSION))
-            return cls(backbone=str(raw["backbone"]), image_size=int(raw["image_size"]),
-                       mean=tuple(float(x) for x in raw["mean"]), std=tuple(float(x) for x in raw["std"]),
-                       classes=tuple(raw.get("classes", CLASSES)), temperature=float(raw.get("temperature", 1.0)),
-                       meta_hidden=int(raw.get("meta_hidden", 32)),
-                       colour_constancy=str(raw.get("colour_constancy", "none")))
+            return cls.from_dict(json.loads(path.read_text()))
         except KeyError as err:
             raise ValueError(f"{path} has no {err.args[0]!r}; it was not written by this project.") from None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
+        """From config.json's values (a torch model's `config` too); raises KeyError / ValueError."""
+        check_config(raw.get("classes", CLASSES), raw.get("temperature", 1.0),
+                     raw.get("metadata_encoding", ENCODING_VERSION))
+        return cls(backbone=str(raw["backbone"]), image_size=int(raw["image_size"]),
+                   mean=tuple(float(x) for x in raw["mean"]), std=tuple(float(x) for x in raw["std"]),
+                   classes=tuple(raw.get("classes", CLASSES)), temperature=float(raw.get("temperature", 1.0)),
+                   meta_hidden=int(raw.get("meta_hidden", 32)),
+                   colour_constancy=str(raw.get("colour_constancy", "none")))
 
 
 def probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .layout import ONNX
-
 LOGITS, EMBEDDING, FEATURES = "logits", "embedding", "features"
 OUTPUTS = (LOGITS, EMBEDDING, FEATURES)
 
@@ -48,9 +46,14 @@ class OnnxSession:
                                f"re-export it: python -m train.onnx_export --model {folder}")
         # An image-only model (meta_hidden=0) ignores `meta`, and the exporter drops unused inputs.
         self.inputs = {i.name for i in self.session.get_inputs()}
+        # Give the arena's free memory back after every run. Without it the arena keeps the largest batch it ever
+        # served: with 8 views per request the Space sat at 431 MB after a burst (budget 450) and peaked at 517 MB,
+        # a five-member ensemble at 589 / 681 MB (bench/memory.py, issue 29). It costs a few ms a request.
+        self.run_options = ort.RunOptions()
+        self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def run(self, images: np.ndarray, meta: np.ndarray, outputs: Sequence[str] = (LOGITS,)) -> list[np.ndarray]:
         """The named outputs for float32 `images` (B, 3, S, S) and `meta` (B, META_DIM)."""
         feeds = {"image": np.asarray(images, dtype=np.float32), "meta": np.asarray(meta, dtype=np.float32)}
-        return self.session.run(list(outputs), {k: v for k, v in feeds.items() if k in self.inputs})
+        return self.session.run(list(outputs), {k: v for k, v in feeds.items() if k in self.inputs}, self.run_options)
 

@@ -57,6 +57,10 @@ class Predictor:
         self.model_id, self.revision = model_id, revision
         self.guard, self.operating_points = guard, operating_points
         self.timer: StepTimer | None = None  # set to time each step of the flow (bench/inference.py)
+        # At most this many images (views included) per run of the graph; None: the whole batch in one run. The
+        # Space sets 4: a run's activations are its memory peak, and 8 views of 2 requests at a time in one go
+        # took a burst of large uploads to 464 MB, in runs of 4 to 405 MB (budget 450; bench/memory.py).
+        self.rows_per_run: int | None = None
 
     @classmethod
     def from_pretrained(cls, source: str | Path, revision: str | None = None,
@@ -103,20 +107,23 @@ class Predictor:
 
     def forward(self, images: np.ndarray, meta: np.ndarray, tta: bool = False,
                 outputs: Sequence[str] = (LOGITS, EMBEDDING)) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(calibrated probabilities (B, n_classes), the other `outputs` of the untransformed views).
+        """(calibrated probabilities (B, n_classes), the other `outputs`, each (V, B, ...): V = 8 views with `tta`,
+        else 1; view 0 is the untransformed image).
 
         One run of the graph: the guard's embedding (and Grad-CAM's feature map) come out of the same
         forward pass as the logits. With `tta`, the probabilities average the 8 dihedral views."""
         batch = images.shape[0]
         if tta:
             images, meta = dihedral_views(images), np.tile(meta, (8, 1))
+        names, step = (LOGITS, *(o for o in outputs if o != LOGITS)), self.rows_per_run or len(images) or 1
         with self.step("model"):
-            logits, *others = self.session.run(images, meta, (LOGITS, *(o for o in outputs if o != LOGITS)))
+            runs = [self.session.run(images[i:i + step], meta[i:i + step], names)
+                    for i in range(0, max(len(images), 1), step)]
+            logits, *others = [np.concatenate(parts) for parts in zip(*runs)] if len(runs) > 1 else runs[0]
         with self.step("calibration"):
             probs = probabilities(logits, self.config.temperature)
             probs = probs.reshape(-1, batch, probs.shape[-1]).mean(axis=0)
-        # dihedral_views puts the untransformed images first: the guard was fitted on those.
-        return probs, [o[:batch] for o in others]
+        return probs, [o.reshape(-1, batch, *o.shape[1:]) for o in others]
 
     def _answer(self, probs: np.ndarray, ood: float | None, colour: float | None, meta: md.Metadata,
                 tta: bool) -> dict[str, Any]:
@@ -132,7 +139,7 @@ class Predictor:
             "ood_score": ood,
             "colour_score": colour,
             "guard": {"available": True, "refuse_above": self.guard.refuse, "caution_above": self.guard.caution,
-                      "colour_box": list(self.guard.colour_box)} if guarded else
+                      "colour_box": list(self.guard.colour_box), "views": self.guard.views} if guarded else
                      {"available": False, "reason": UNAVAILABLE},
             # no band for an image the guard refuses: a program reading only `triage` must not act on a cat
             "triage": None if in_distribution is False else triage(values["mel"], self.operating_points),
@@ -144,8 +151,12 @@ class Predictor:
         }
 
     def predict(self, image: ImageInput, age: Any = None, sex: Any = None, site: Any = None,
-                tta: bool = False) -> dict[str, Any]:
+                tta: bool = True) -> dict[str, Any]:
         """Assess one image. Raises ValueError (or its subclass ImageError) for bad input.
+
+        `tta` (default): the mean over the 8 dihedral views, in one batched run: the answer the Space serves,
+        on whose validation scores the triage lines and the guard's lines were set. `tta=False`: one view,
+        about 8x cheaper, on the same lines (a little noisier; docs/model.md has both measured).
 
         Returns a plain dict: melanoma_probability, malignant_probability, diagnosis (class →
         probability, most likely first), in_distribution (False: clearly not a skin lesion under a
@@ -158,7 +169,7 @@ class Predictor:
 
     def predict_batch(self, images: Sequence[ImageInput], ages: Sequence[Any] | None = None,
                       sexes: Sequence[Any] | None = None, sites: Sequence[Any] | None = None,
-                      tta: bool = False, batch_size: int = 32, progress: Any = None) -> list[dict[str, Any]]:
+                      tta: bool = True, batch_size: int = 32, progress: Any = None) -> list[dict[str, Any]]:
         """Assess many images; metadata lists run parallel to `images` (None = all unknown).
 
         All metadata is validated before any image is assessed; an error names the item's index.

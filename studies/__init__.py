@@ -5,6 +5,7 @@ ablate.py (recipe ablations: one training run per option, against a reference), 
 crosscheck.py (a model judged source by source through the Predictor, an external set included; writes the
 card's crosscheck.json), baselines.py (metadata-only models and paired comparisons of two runs), soup.py (a
 weight average of trained models into one model folder), guard_eval.py (the out-of-scope guard measured against
-its alternatives on held-out rows, photos and recoloured dermoscopy).
+its alternatives on held-out rows, photos and recoloured dermoscopy), folds.py (fold models' out-of-fold table
+per source, and the candidates for the bundled model side by side on an external set).
 Dependencies: studies → train → inference; nothing imports studies.
 """

@@ -34,7 +34,7 @@ from train.sources.isic_challenge import load_isic_challenge
 DEFAULT_EXTERNAL = "../shared/data/isic2017:Validation"
 
 
-def assess(predictor: Predictor, rows: pd.DataFrame, desc: str, tta: bool = False) -> pd.DataFrame:
+def assess(predictor: Predictor, rows: pd.DataFrame, desc: str, tta: bool = True) -> pd.DataFrame:
     """`rows` with the Predictor's melanoma probability, guard verdict and triage band added (`tta`: the mean
     over the 8 dihedral views, as `Predictor.predict(..., tta=True)`)."""
     with tqdm(total=len(rows), unit="img", desc=desc, disable=None) as bar:
@@ -67,10 +67,13 @@ def external_rows(spec: str) -> tuple[str, pd.DataFrame]:
 def model_sets(model: Path, externals: list[str]) -> dict[str, pd.DataFrame]:
     """{set name: rows} for the model's own validation rows by source, then each external set without any image
     the model trained on (the ISIC 2019 set, for one, holds ISIC 2017 images): an external check must be unseen."""
-    metrics = model / METRICS
-    fold = json.loads(metrics.read_text()).get("published_fold") if metrics.is_file() else None
-    train, val = model_rows(model, fold)  # the rows of the fold the published model was validated on
+    metrics = json.loads((model / METRICS).read_text()) if (model / METRICS).is_file() else {}
+    train, val = model_rows(model, metrics.get("published_fold"))  # the rows of the fold it was validated on
     sets = {f"{source} validation (in-source)": rows for source, rows in val.groupby("source", sort=True)}
+    if metrics.get("ensemble"):  # every in-source row trained some member: its held-out figures are its OOF table
+        print(f"crosscheck: {model} is a fold ensemble; no in-source row is held out from all its members (their "
+              f"out-of-fold figures: its {METRICS}).", file=sys.stderr)
+        sets = {}
     for spec in externals:
         name, rows = external_rows(spec)
         seen = rows.image_id.isin(train.image_id) | rows.image_id.isin(val.image_id)
@@ -82,18 +85,18 @@ def model_sets(model: Path, externals: list[str]) -> dict[str, pd.DataFrame]:
     return sets
 
 
-def assess_sets(model: Path, sets: dict[str, pd.DataFrame], tta: bool = False) -> dict[str, pd.DataFrame]:
+def assess_sets(model: Path, sets: dict[str, pd.DataFrame], tta: bool = True) -> dict[str, pd.DataFrame]:
     predictor = Predictor.from_pretrained(model)
     label = f"{model.name}{' (8 views)' if tta else ''}"
     return {name: assess(predictor, rows, f"{label}: {name}", tta) for name, rows in sets.items()}
 
 
-def crosscheck(model: Path, externals: list[str], against: Path | None = None, tta: bool = False,
-               against_tta: bool = False) -> dict[str, dict]:
+def crosscheck(model: Path, externals: list[str], against: Path | None = None, tta: bool = True,
+               against_tta: bool = True) -> dict[str, dict]:
     """{set name: figures} for the model's own validation rows by source, then each external set; with
     `against`, also that model's AUC on the same images and the paired-bootstrap 95 % interval of the
     difference (model − against). `tta` / `against_tta`: score that model with the 8 dihedral views
-    (`--model M --tta --against M` measures what test-time augmentation buys)."""
+    (`--model M --against M --no-against_tta` measures what test-time augmentation buys)."""
     sets = model_sets(model, externals)
     mine = assess_sets(model, sets, tta)
     results = {name: {**source_figures(rows), "tta": tta} for name, rows in mine.items()}
@@ -141,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="FOLDER:PART sets in the ISIC challenge layout, never trained on (default: %(default)s)")
     parser.add_argument("--against", type=Path, help="a second model folder, scored on the same images: its AUC and "
                                                     "the paired-bootstrap interval of the difference")
-    parser.add_argument("--tta", action="store_true", help="score --model with the mean of the 8 dihedral views")
-    parser.add_argument("--against_tta", action="store_true", help="score --against with the 8 views too")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="score --model with the mean of the 8 dihedral views, as served (default)")
+    parser.add_argument("--against_tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="the same for --against (--no-against_tta: one view)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     try:

@@ -33,7 +33,7 @@ from inference.onnx_backend import EMBEDDING, LOGITS
 
 from train.errors import DataError
 from train.fit_guard import Embedded, build_guard, embed_rows, model_rows
-from train.network import MelanomaModel
+from train.network import load_model
 
 SKIMAGE = ("astronaut", "brick", "camera", "chelsea", "cell", "checkerboard", "clock", "coffee", "coins",
            "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
@@ -145,11 +145,11 @@ def through_predictor(predictor: Predictor, images: list) -> Embedded:
         squares = np.stack([predictor.square(im) for im in images[start:start + 32]])
         pixels = np.stack([predictor.to_model_input(s) for s in squares])
         meta = np.tile(md.encode(md.normalize(None, None, None)), (len(squares), 1))  # metadata does not reach it
-        p, (embedding,) = predictor.forward(pixels, meta, outputs=(LOGITS, EMBEDDING))
+        p, (embedding,) = predictor.forward(pixels, meta, tta=predictor.guard.views == 8, outputs=(LOGITS, EMBEDDING))
         embeddings.append(embedding)
         probs.append(p[:, predictor.classes.index("mel")])
         colours.append(colour_features(squares))
-    return Embedded(np.concatenate(embeddings), np.concatenate(probs), np.concatenate(colours))
+    return Embedded(np.concatenate(embeddings, axis=1), np.concatenate(probs), np.concatenate(colours))
 
 
 def outcome(guard: Guard, e: Embedded) -> tuple[np.ndarray, np.ndarray]:
@@ -177,9 +177,8 @@ def held_out(train: Embedded, labels, val: Embedded, val_rows: pd.DataFrame, see
     side = groups.isin(half).to_numpy()
     refused, cautioned = np.zeros(len(val_rows), bool), np.zeros(len(val_rows), bool)
     for fit_on in (side, ~side):
-        pick = lambda e, m: Embedded(e.embeddings[m], e.probabilities[m], e.colours[m])  # noqa: E731
-        guard, _, _ = build_guard(train, labels, pick(val, fit_on))
-        r, c = outcome(guard, pick(val, ~fit_on))
+        guard, _, _ = build_guard(train, labels, val.subset(fit_on))
+        r, c = outcome(guard, val.subset(~fit_on))
         refused[~fit_on], cautioned[~fit_on] = r, c
     mel = val_rows["target"].to_numpy() == 1
     out = {}
@@ -210,8 +209,8 @@ def evaluate(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame) 
     predictor = Predictor.from_pretrained(model_dir)
     if predictor.guard is None:
         raise ValueError(f"{model_dir} has no guard to evaluate: run `python -m train.fit_guard --model {model_dir}`.")
-    model = MelanomaModel.from_pretrained(str(model_dir))
-    train, val = embed_rows(model, train_rows), embed_rows(model, val_rows)
+    model = load_model(model_dir)
+    train, val = embed_rows(model, train_rows), embed_rows(model, val_rows, views=predictor.guard.views)
     sets = image_sets(predictor, val_rows)
     results = {}
     for method, labels in (("one Gaussian over all training images (before issue 22)", None),

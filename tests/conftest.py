@@ -65,6 +65,16 @@ def reference(tmp_path_factory, subset) -> tuple[Path, subprocess.CompletedProce
 
 
 @pytest.fixture(scope="session")
+def fold_models(reference, subset, tmp_path_factory) -> tuple[Path, Path]:
+    """Two fold models of one folds.csv: the reference run's (fold 0) and a run of fold 1 on the same rows and seed."""
+    run, _ = reference
+    other = tmp_path_factory.mktemp("fold1") / "run"
+    done = run_cli(tiny_args(*subset, other, train_folds="[1]"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run / "model", other / "model"
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random timm `test_efficientnet` fused model saved as training saves it (save_pretrained + model.onnx):
     fast, no real features."""

@@ -53,3 +53,10 @@ def test_every_unusable_model_is_one_line(kind, tiny_model_dir, tmp_path, monkey
         app.load_predictor(source)
     message = str(exit_.value.code)
     assert "\n" not in message and source in message and "MELANOMA_MODEL" in message, message
+
+
+def test_the_space_runs_a_few_images_per_run_of_the_graph(tiny_model_dir):
+    """The memory peak of a burst of uploads is the graph's activations (bench/memory.py): the app's Predictor
+    runs half a request's 8 views at a time."""
+    predictor = app.load_predictor(str(tiny_model_dir))
+    assert predictor.rows_per_run == app.ROWS_PER_RUN == 4

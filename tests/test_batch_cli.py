@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
@@ -31,6 +32,14 @@ def test_writes_a_valid_submission_for_20_real_images(tiny_model_dir, data_dir, 
     assert list(submission.image_name) == list(pd.read_csv(test_csv).image_name)
     assert submission.target.between(0, 1).all() and submission.target.notna().all()
     assert "wrote 20 predictions" in done.stdout
+    # 8 views by default, as the Space scores; --no-tta: one view
+    one = tmp_path / "one.csv"
+    done = _run("--model", tiny_model_dir, "--images", data_dir / "isic2020" / "train", "--csv", test_csv, "--out",
+                one, "--no-tta")
+    assert done.returncode == 0, done.stderr
+    single = pd.read_csv(one)
+    assert list(single.image_name) == list(submission.image_name) and single.target.between(0, 1).all()
+    assert not np.allclose(single.target, submission.target)
 
 
 def test_missing_images_are_listed_before_scoring(tiny_model_dir, data_dir, test_csv, tmp_path):

@@ -88,11 +88,13 @@ def test_inference_bench_ratios_follow_from_its_rows(data_dir, tmp_path):
         row("whole request", out) - sum(flow.values()), abs=0.05)
     for name in steps[:3]:
         assert row(name, out, column=1) > 0  # the same step alone after a memory sweep
-    predictor = row("Predictor (onnx): decode+transform+model, batch 1", out)
-    for client in ("gradio_client", "plain HTTP + server-sent events"):
+    served = row("Predictor (onnx), batch 1, 8 views in runs of 4 (as the Space)", out)
+    assert figures["request_8_views_ms"] == pytest.approx(served, abs=0.006)
+    assert number(r"a request as served \(8 views\): ([\d.]+) ms", out) == pytest.approx(served, abs=0.06)
+    for client in ("gradio_client", "plain HTTP + server-sent events"):  # the app serves 8 views
         app = row(f"app via {client}, batch 1", out)
-        assert number(rf"app via {re.escape(client)} - Predictor = \+?(-?[\d.]+) ms", out) == pytest.approx(
-            app - predictor, abs=0.06)
+        assert number(rf"app via {re.escape(client)} - Predictor \(8 views\) = \+?(-?[\d.]+) ms", out) == \
+            pytest.approx(app - served, abs=0.06)
 
 
 def test_space_bench_builds_the_staged_space_without_torch(tmp_path):

@@ -86,21 +86,42 @@ def test_generated_non_lesions_are_refused(bundled):
     assert refused >= 0.95, refused
 
 
-def test_backends_and_tta_agree_on_the_guard(bundled, held_out):
+def test_backends_agree_on_the_guard_and_its_score_is_the_mean_over_the_views(bundled, held_out):
     torch_backend = Predictor(ModelConfig.load(BUNDLED), EagerSession(MelanomaModel.from_pretrained(str(BUNDLED))),
                               guard=bundled.guard)
+    assert bundled.guard.views == 8  # its lines were set on the answer as served
     for path in held_out[:3] + [chelsea()]:
         a, b = bundled.predict(path), torch_backend.predict(path)
+        assert a["tta"] is True and a["guard"]["views"] == 8
         assert a["in_distribution"] == b["in_distribution"]
         assert a["ood_score"] == pytest.approx(b["ood_score"], rel=1e-4)
-        assert bundled.predict(path, tta=True)["ood_score"] == pytest.approx(a["ood_score"], rel=1e-6)
+        x = bundled.model_input(path)[None]
+        meta = md.encode(md.normalize(None, None, None))[None]
+        _, (views,) = bundled.forward(x, meta, tta=True, outputs=("logits", "embedding"))
+        each = [bundled.guard.score(v)[0] for v in views]
+        assert len(set(np.round(each, 3))) > 1  # the views differ, and the answer is their mean
+        assert a["ood_score"] == pytest.approx(np.mean(each), rel=1e-5)
+        assert bundled.predict(path, tta=False)["ood_score"] == pytest.approx(each[0], rel=1e-5)
 
 
-def test_bundled_triage_comes_from_its_own_validation_points(bundled):
+def test_bundled_triage_comes_from_its_own_validation_points_as_served(bundled, data_dir):
+    from train.data import ages
+    from train.fit_guard import model_rows
+
     points = json.loads((BUNDLED / OPERATING_POINTS).read_text())
     metrics = json.loads((BUNDLED / "metrics.json").read_text())
-    # The 90 %-specificity line reproduces the training report's sensitivity on the same fold.
-    assert points["high"]["sensitivity"] == pytest.approx(metrics["sensitivity_at_90_specificity"], abs=0.006)
+    assert points["views"] == 8 and points["n_melanoma"] == metrics["n_melanoma"]
+    assert points["n_melanoma"] + points["n_other"] == metrics["n_images"]  # the validation fold's rows
+    # The low line is a validation melanoma's answer as the Space gives it (8 views, its metadata): the one at
+    # the 5 % quantile of their served probabilities.
+    _, val = model_rows(BUNDLED, 0, isic_dirs=[str(data_dir / "isic2020")], ham_dirs=[str(data_dir / "ham10000")],
+                        challenge_dirs=[str(data_dir / "isic2017")])
+    mel = val[val.target == 1]
+    served = np.sort([a["melanoma_probability"] for a in bundled.predict_batch(
+        list(mel.path), ages(mel), list(mel.sex), list(mel.site))])
+    assert len(served) == points["n_melanoma"]
+    assert points["low"]["threshold"] == pytest.approx(served[int(np.floor(0.05 * len(served)))], rel=1e-4)
+    assert (served >= points["high"]["threshold"]).mean() == pytest.approx(points["high"]["sensitivity"], abs=0.004)
     assert points["low"]["sensitivity"] >= 0.95 and points["high"]["specificity"] >= 0.90
     low, high = points["low"]["threshold"], points["high"]["threshold"]
     assert triage(low / 2, points)["band"] == "low"
@@ -187,6 +208,12 @@ def test_fit_guard_writes_files_that_round_trip(fitted_tiny):
     info = json.loads((folder / GUARD_JSON).read_text())
     assert info["validation_colour_cautioned"] <= MAX_COLOUR + 0.02 and info["refuse"] == guard.refuse
     assert info["colour_box"] == list(guard.colour_box)
+    # lines and bands set on the answers as served: the 8 views' mean, which a one-view answer is not
+    assert info["views"] == guard.views == 8 and json.loads((folder / OPERATING_POINTS).read_text())["views"] == 8
+    np.testing.assert_allclose([a["melanoma_probability"] for a in answers],
+                               summary["validation_probabilities"][:8], rtol=1e-4)
+    one = predictor.predict_batch(list(val.path[:8]), tta=False)
+    assert not np.allclose([a["ood_score"] for a in one], scores[:8], rtol=1e-4)
 
 
 def test_the_score_is_the_distance_to_the_nearest_diagnosis():
@@ -240,12 +267,35 @@ def test_guard_fit_embeds_in_batches_what_serving_computes_one_by_one(tiny_model
 
     predictor = Predictor.from_pretrained(tiny_model_dir)
     rows = isic_rows.head(10).rename(columns={"age_approx": "age", "anatom_site_general_challenge": "site"})
-    embedded = embed_rows(MelanomaModel.from_pretrained(str(tiny_model_dir)), rows, batch_size=4, num_workers=1)
+    model = MelanomaModel.from_pretrained(str(tiny_model_dir))
+    embedded = embed_rows(model, rows, batch_size=4, num_workers=1)
     embeddings, probs = embedded.embeddings, embedded.probabilities
-    assert embeddings.shape[0] == probs.shape[0] == len(embedded.colours) == 10
+    assert embeddings.shape[:2] == (1, 10) and probs.shape[0] == len(embedded.colours) == 10
     np.testing.assert_allclose(embedded.colours, colour_features(np.stack([predictor.square(p) for p in rows.path])))
+    views = embed_rows(model, rows.head(3), batch_size=2, views=8)
     for i, row in enumerate(rows.to_dict("records")):
         meta = md.encode(md.normalize(row["age"], row["sex"], None if pd.isna(row["site"]) else row["site"]))
-        p, (e,) = predictor.forward(predictor.model_input(row["path"])[None], meta[None], outputs=("logits", "embedding"))
-        np.testing.assert_allclose(embeddings[i], e[0], rtol=0, atol=1e-5)
+        x = predictor.model_input(row["path"])[None]
+        p, (e,) = predictor.forward(x, meta[None], outputs=("logits", "embedding"))
+        np.testing.assert_allclose(embeddings[0, i], e[0, 0], rtol=0, atol=1e-5)
         assert abs(probs[i] - float(p[0, predictor.classes.index("mel")])) < 1e-6
+        if i < 3:  # the 8 views in torch are the Predictor's 8 views, in the same order
+            p, (e,) = predictor.forward(x, meta[None], tta=True, outputs=("logits", "embedding"))
+            np.testing.assert_allclose(views.embeddings[:, i], e[:, 0], rtol=0, atol=1e-5)
+            assert abs(views.probabilities[i] - float(p[0, predictor.classes.index("mel")])) < 1e-6
+
+
+def test_the_apps_own_heat_map_uploaded_again_is_not_scored_silently(bundled, tmp_path):
+    """A visitor downloads the explanation of a melanoma and uploads it: an inferno overlay over the lesion. It
+    must be cautioned or refused (issue 29), never banded as if it were a photo through a dermatoscope."""
+    from PIL import Image
+
+    from inference.explain import explain
+
+    example = pd.read_csv(REPO / "examples" / "examples.csv").iloc[0]
+    assert example.dx == "mel"
+    shown, _ = explain(bundled, REPO / "examples" / example.file, example.age, example.sex, example.site,
+                       display_size=384)  # as app.py shows it
+    Image.fromarray(shown).save(tmp_path / "explained.png")
+    answer = bundled.predict(tmp_path / "explained.png", example.age, example.sex, example.site)
+    assert answer["in_distribution"] is False or answer["caution"], answer

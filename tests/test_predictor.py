@@ -59,7 +59,8 @@ def test_metadata_changes_the_answer_and_is_echoed(predictor, samples):
     assert a["diagnosis"] != b["diagnosis"]
 
 
-def test_tta_is_one_batched_forward_over_eight_views(predictor, samples, monkeypatch):
+def test_tta_is_one_batched_forward_over_eight_views_and_the_default(predictor, samples, monkeypatch):
+    assert predictor.predict(samples[0][0]) == predictor.predict(samples[0][0], tta=True)  # as the Space serves
     calls = []
     run = predictor.session.run  # one graph run gives logits and embedding
     monkeypatch.setattr(predictor.session, "run", lambda x, m, o: calls.append(x.shape[0]) or run(x, m, o))
@@ -86,3 +87,21 @@ def test_bad_inputs_raise_value_errors_naming_the_item(predictor, samples):
         predictor.predict_batch(samples[0][:2], sites=["torso", "elbow"])
     with pytest.raises(ValueError, match="one entry per image"):
         predictor.predict_batch(samples[0][:2], ages=[40])
+
+
+def test_runs_of_a_few_images_give_the_same_answers(predictor, samples):
+    """`rows_per_run` (the Space: 4) splits the views into several runs of the graph and changes no answer."""
+    whole = predictor.predict_batch(*samples)
+    calls = []
+    run = predictor.session.run
+    predictor.session.run = lambda x, m, o: calls.append(len(x)) or run(x, m, o)
+    predictor.rows_per_run = 4
+    try:
+        split = predictor.predict_batch(*samples)
+    finally:
+        predictor.rows_per_run = None
+        del predictor.session.run
+    assert max(calls) == 4 and sum(calls) == 8 * len(samples[0])
+    for a, b in zip(whole, split):
+        for c in a["diagnosis"]:
+            assert a["diagnosis"][c] == pytest.approx(b["diagnosis"][c], abs=1e-6)

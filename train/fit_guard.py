@@ -23,21 +23,21 @@ import pandas as pd
 import torch
 
 from inference import metadata as md
-from inference.guard import Guard, colour_features, features, mahalanobis
+from inference.guard import Guard, colour_features, features, view_distance
 from inference.image import correct_colour, crop, open_image, to_input
 from inference.layout import FOLDS, TRAINING_CONFIG
 from inference.model import probabilities
 from inference.triage import OPERATING_POINTS
 
 from .errors import DataError
-from .network import MelanomaModel
+from .network import FoldEnsemble, MelanomaModel, load_model
 
 
 class _Rows(torch.utils.data.Dataset):
     """The rows' images as training and serving see them, with their encoded metadata and the colour statistics
     of the square as uploaded (before any colour correction): what serving computes for each answer."""
 
-    def __init__(self, model: MelanomaModel, rows: pd.DataFrame) -> None:
+    def __init__(self, model: MelanomaModel | FoldEnsemble, rows: pd.DataFrame) -> None:
         self.size, self.mean, self.std, self.colour = model.image_size, model.mean, model.std, model.colour_constancy
         self.paths = rows["path"].tolist()
         self.meta = [md.encode(md.normalize(*(None if pd.isna(v) else v for v in (r.get("age"), r.get("sex"),
@@ -55,29 +55,50 @@ class _Rows(torch.utils.data.Dataset):
 
 @dataclass
 class Embedded:
-    """What the guard fit needs of each row: pooled embedding (N, D), melanoma probability (N,), colour (N, 5)."""
+    """What the guard fit needs of each row: pooled embeddings (V, N, D) of V dihedral views (view 0: as uploaded),
+    melanoma probability averaged over those views (N,), colour (N, 2)."""
 
     embeddings: np.ndarray
     probabilities: np.ndarray
     colours: np.ndarray
 
+    def subset(self, keep: np.ndarray) -> "Embedded":
+        return Embedded(self.embeddings[:, keep], self.probabilities[keep], self.colours[keep])
+
+
+def dihedral_views(images: torch.Tensor) -> torch.Tensor:
+    """`inference.predictor.dihedral_views` in torch, on the training device: (B, C, H, W) → (8·B, C, H, W),
+    the same 8 flips/transposes in the same order (a test compares them)."""
+    views = []
+    for base in (images, images.transpose(-1, -2)):
+        views += [base, base.flip(-1), base.flip(-2), base.flip(-2, -1)]
+    return torch.cat(views)
+
 
 @torch.inference_mode()
-def embed_rows(model: MelanomaModel, rows: pd.DataFrame, batch_size: int = 64, num_workers: int = 0) -> Embedded:
+def embed_rows(model: MelanomaModel | FoldEnsemble, rows: pd.DataFrame, batch_size: int = 64, num_workers: int = 0,
+               views: int = 1) -> Embedded:
     """The rows (`path`, + age/sex/site) through the model, batched through a data loader on the model's device
     (the training GPU at the end of a run): the guard fit embeds every training image, ~43k on Kaggle, and one
-    image at a time would take most of the session's last minutes."""
+    image at a time would take most of the session's last minutes. `views` 8: each image's 8 dihedral views,
+    probabilities averaged as `Predictor.predict` (tta=True) averages them."""
+    if views not in (1, 8):
+        raise ValueError(f"views must be 1 or 8, got {views}.")
     device = next(model.parameters()).device
     model.eval()
     mel = model.classes.index("mel")
     embeddings, probs, colours = [], [], []
     loader = torch.utils.data.DataLoader(_Rows(model, rows), batch_size=batch_size, num_workers=num_workers)
     for images, meta, colour in loader:
-        logits, embedding = model.head_and_embedding(model.forward_features(images.to(device)), meta.to(device))
-        embeddings.append(embedding.float().cpu().numpy())
-        probs.append(probabilities(logits.float().cpu().numpy(), model.temperature)[:, mel])
+        images, meta, n = images.to(device), meta.to(device), len(images)
+        if views == 8:
+            images, meta = dihedral_views(images), meta.repeat(8, 1)
+        logits, embedding = model.head_and_embedding(model.forward_features(images), meta)
+        embeddings.append(embedding.float().cpu().numpy().reshape(views, n, -1))
+        p = probabilities(logits.float().cpu().numpy(), model.temperature).reshape(views, n, -1).mean(axis=0)
+        probs.append(p[:, mel])
         colours.append(colour.numpy())
-    return Embedded(np.concatenate(embeddings), np.concatenate(probs), np.concatenate(colours))
+    return Embedded(np.concatenate(embeddings, axis=1), np.concatenate(probs), np.concatenate(colours))
 
 
 def _rounded(array: np.ndarray) -> np.ndarray:
@@ -118,12 +139,13 @@ def build_guard(train: Embedded, train_labels: np.ndarray | None, val: Embedded,
     """The guard fitted on `train` and its lines set on `val`; (guard, val embedding scores, val colour scores).
     `train_labels` None gives the single-Gaussian alternative. The colour box leaves out `max_colour` of the
     validation images: half by too little chroma, a quarter at each end of the hue angle."""
-    means, precision = fit_statistics(features(train.embeddings), train_labels)
-    scores = mahalanobis(features(val.embeddings), means, precision)
+    means, precision = fit_statistics(features(train.embeddings[0]), train_labels)
+    scores = view_distance(val.embeddings, means, precision)  # averaged over the views, as served
     chroma, angle = val.colours.T
     box = (float(np.quantile(chroma, max_colour / 2)), *(float(q) for q in np.quantile(
         angle, [max_colour / 4, 1 - max_colour / 4])))
-    guard = Guard(means, precision, threshold_for(scores, max_refused), threshold_for(scores, max_cautioned), box)
+    guard = Guard(means, precision, threshold_for(scores, max_refused), threshold_for(scores, max_cautioned), box,
+                  views=len(val.embeddings))
     return guard, scores, guard.colour_distance(val.colours)
 
 
@@ -159,16 +181,18 @@ def operating_points(probs: np.ndarray, target: np.ndarray, what: str, sources: 
 
 
 def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame, what: str = "validation rows",
-              num_workers: int = 0) -> dict:
+              num_workers: int = 0, views: int = 8) -> dict:
     """Fit guard.safetensors + guard.json and operating_points.json in `model_dir`; returns a summary.
 
     train_rows: `path`, `label` (images the model was trained on). val_rows: `path`, `target` (1 = melanoma),
     optional source, age/sex/site. The lines are set on the validation images (MAX_REFUSED, MAX_CAUTIONED,
-    MAX_COLOUR). Scored on the GPU when there is one, with `num_workers` loader processes."""
+    MAX_COLOUR). Scored on the GPU when there is one, with `num_workers` loader processes. `views` 8 (the default):
+    the validation images are scored as the Predictor serves them by default, the 8 dihedral views averaged, so the
+    lines hold for the answers given; the guard's statistics come from the training images as uploaded."""
     model_dir = Path(model_dir)
-    model = MelanomaModel.from_pretrained(str(model_dir)).to("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(model_dir).to("cuda" if torch.cuda.is_available() else "cpu")
     train = embed_rows(model, train_rows, num_workers=num_workers)
-    val = embed_rows(model, val_rows, num_workers=num_workers)
+    val = embed_rows(model, val_rows, num_workers=num_workers, views=views)
     guard, scores, colours = build_guard(train, train_rows["label"].to_numpy(), val)
     info = {"fitted_on": f"{len(train_rows)} training images ({len(guard.means)} diagnoses)",
             "lines_set_on": f"{len(val_rows)} {what}",
@@ -178,6 +202,7 @@ def fit_guard(model_dir: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
     guard.save(model_dir, info)
     sources = val_rows["source"].to_numpy() if "source" in val_rows else None
     points = operating_points(val.probabilities, val_rows["target"].to_numpy(), f"{len(val_rows)} {what}", sources)
+    points["views"] = views
     (model_dir / OPERATING_POINTS).write_text(json.dumps(points, indent=1) + "\n")
     return {"guard": {"refuse": guard.refuse, "caution": guard.caution, "colour_box": guard.colour_box, **info},
             "operating_points": points, "validation_scores": scores, "validation_probabilities": val.probabilities}
@@ -211,11 +236,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ham_dirs", nargs="*", help="default: the model's training_config.yaml")
     parser.add_argument("--challenge_dirs", nargs="*", help="default: the model's training_config.yaml")
     parser.add_argument("--fold", type=int, help="the validation fold (default: the config's one train fold)")
+    parser.add_argument("--views", type=int, choices=(1, 8), default=8,
+                        help="score validation images as served: the mean of 8 dihedral views (default) or 1")
     args = parser.parse_args(argv)
     try:
         train_rows, val_rows = model_rows(args.model, args.fold, isic_dirs=args.isic_dirs, ham_dirs=args.ham_dirs,
                                           challenge_dirs=args.challenge_dirs)
-        fitted = fit_guard(args.model, train_rows, val_rows, what="validation (fold) rows")
+        fitted = fit_guard(args.model, train_rows, val_rows, what="validation (fold) rows", views=args.views)
         g, p = fitted["guard"], fitted["operating_points"]
         print(f"guard: refuses above {g['refuse']:.1f} ({g['validation_refused']:.2%} of {g['lines_set_on']}), "
               f"cautions above {g['caution']:.1f} ({g['validation_cautioned']:.2%}), colour box "

@@ -8,15 +8,18 @@ downloads ImageNet weights (training loads them once with `train.backbone.load_b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
+
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
-from safetensors.torch import load_model
+from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model as load_safetensors
 from torch import nn
 
-from inference.layout import WEIGHTS
+from inference.layout import CONFIG, WEIGHTS
 from inference.metadata import ENCODING_VERSION, META_DIM
 from inference.image import COLOUR_CONSTANCY
 from inference.model import CLASSES, HEAD_WEIGHT, check_config
@@ -117,16 +120,89 @@ class MelanomaModel(
         weights = (folder / WEIGHTS if folder.is_dir()
                    else Path(hf_hub_download(model_id, WEIGHTS, **hub_args)))
         model = cls(**kwargs)
-        load_model(model, str(weights), strict=strict, device=map_location)
+        load_safetensors(model, str(weights), strict=strict, device=map_location)
         return model.eval()
 
+
+
+class FoldEnsemble(nn.Module):
+    """Fold models of one architecture as one model: its logits are the mean of the members' calibrated logits
+    (each divided by its own temperature), so its probabilities are the normalised geometric mean of theirs.
+
+    It has `MelanomaModel`'s serving interface (`forward_features`, `head_and_embedding`, the eval-transform
+    attributes, `temperature` 1: the members' are inside), so the ONNX export, the eager backend and the guard fit
+    take either. The feature map is the members' maps side by side, and `cam_head` their heads' image columns side
+    by side, scaled like their logits: Grad-CAM of the ensemble's logit stays exact (inference/explain.py). The
+    embedding is the first member's: the guard's statistics and lines are that member's, fitted on its own
+    training and held-out rows (no in-source row is held out from every member)."""
+
+    def __init__(self, members: list[MelanomaModel]) -> None:
+        super().__init__()
+        shapes = [{k: v for k, v in m.config.items() if k != "temperature"} for m in members]
+        if len(members) < 2 or any(shape != shapes[0] for shape in shapes[1:]):
+            raise ValueError("an ensemble needs two or more members of one architecture (config.json but the "
+                             "temperature).")
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.image_size, self.mean, self.std = first.image_size, first.mean, first.std
+        self.classes, self.colour_constancy, self.temperature = first.classes, first.colour_constancy, 1.0
+        self.register_buffer("scale", torch.tensor([1.0 / (len(members) * m.temperature) for m in members]),
+                             persistent=False)
+
+    @property
+    def config(self) -> dict:
+        return {**self.members[0].config, "temperature": 1.0,
+                "members": [{"temperature": m.temperature} for m in self.members]}
+
+    def forward_features(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.forward_features(image) for m in self.members], dim=1)
+
+    def head_and_embedding(self, features: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, embedding = None, None
+        for member, part, scale in zip(self.members, features.chunk(len(self.members), dim=1), self.scale):
+            member_logits, pooled = member.head_and_embedding(part, meta)
+            logits = scale * member_logits if logits is None else logits + scale * member_logits
+            embedding = pooled if embedding is None else embedding
+        return logits, embedding
+
+    def forward_head(self, features: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.head_and_embedding(features, meta)[0]
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(image), meta)
+
+    def cam_head(self) -> torch.Tensor:
+        """(n_classes, members · features): the head row Grad-CAM weighs the joined feature map with."""
+        return torch.cat([m.head[-1].weight[:, :m.backbone.num_features] * s for m, s in zip(self.members, self.scale)],
+                         dim=1)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """config.json and model.safetensors (every member's weights, and `cam_head` under HEAD_WEIGHT)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG).write_text(json.dumps(self.config, indent=2) + "\n")
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        save_file({**state, HEAD_WEIGHT: self.cam_head().detach().contiguous()}, str(folder / WEIGHTS))
+
+
+def load_model(folder: str | Path) -> MelanomaModel | FoldEnsemble:
+    """The torch model of a local model folder: one model, or a fold ensemble (config.json lists `members`)."""
+    config = json.loads((Path(folder) / CONFIG).read_text())
+    members = config.pop("members", None)
+    if members is None:
+        return MelanomaModel.from_pretrained(str(folder))
+    ensemble = FoldEnsemble([MelanomaModel(**{**config, "temperature": m["temperature"]}) for m in members])
+    weights = load_file(str(Path(folder) / WEIGHTS))
+    weights.pop(HEAD_WEIGHT)
+    ensemble.load_state_dict(weights)
+    return ensemble.eval()
 
 
 class EagerSession:
     """The eager torch backend: `inference.onnx_backend.OnnxSession.run`'s signature over a `MelanomaModel`,
     so an `inference.Predictor` can run the torch model itself (on CUDA, or to compare with the export)."""
 
-    def __init__(self, model: MelanomaModel, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: MelanomaModel | FoldEnsemble, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 

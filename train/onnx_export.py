@@ -33,7 +33,7 @@ from inference.metadata import META_DIM
 from inference.model import probabilities
 from inference.onnx_backend import EMBEDDING, FEATURES, LOGITS, OUTPUTS, OnnxSession
 
-from .network import MelanomaModel
+from .network import FoldEnsemble, MelanomaModel, load_model
 
 OPSET = 17
 
@@ -41,7 +41,7 @@ OPSET = 17
 class _Graph(nn.Module):
     """(image, meta) → (logits, pooled embedding, feature map): the exported function."""
 
-    def __init__(self, model: MelanomaModel) -> None:
+    def __init__(self, model: MelanomaModel | FoldEnsemble) -> None:
         super().__init__()
         self.model = model
 
@@ -51,9 +51,14 @@ class _Graph(nn.Module):
         return logits, pooled, features
 
 
-def check_linear_head(model: MelanomaModel, features: torch.Tensor, meta: torch.Tensor) -> None:
+def check_linear_head(model: MelanomaModel | FoldEnsemble, features: torch.Tensor, meta: torch.Tensor) -> None:
     """Raise ValueError unless the logits are one linear layer over [mean-pooled features, metadata branch]:
-    the condition under which Grad-CAM is W·A (inference/explain.py). Checked by structure and by value."""
+    the condition under which Grad-CAM is W·A (inference/explain.py). Checked by structure and by value; for a
+    fold ensemble, each member on its part of the joined feature map."""
+    if isinstance(model, FoldEnsemble):
+        for member, part in zip(model.members, features.chunk(len(model.members), dim=1)):
+            check_linear_head(member, part, meta)
+        return
     pool = getattr(model.backbone, "global_pool", None)
     linear = [m for m in model.head if not isinstance(m, nn.Dropout)]
     if getattr(pool, "pool_type", None) != "avg" or len(linear) != 1 or not isinstance(linear[0], nn.Linear):
@@ -70,7 +75,7 @@ def check_linear_head(model: MelanomaModel, features: torch.Tensor, meta: torch.
                          "would not be exact, so this model cannot be exported for the Space.")
 
 
-def export_onnx(model: MelanomaModel, folder: str | Path, atol: float = 1e-4) -> Path:
+def export_onnx(model: MelanomaModel | FoldEnsemble, folder: str | Path, atol: float = 1e-4) -> Path:
     """Write `folder/model.onnx` for `model` and verify every output against torch: probabilities within `atol`,
     the embedding and the feature map within `atol` of their own scale (a trained feature map reaches ~70, where
     float32 rounding alone differs by ~1e-4). The file is replaced only once it has passed."""
@@ -108,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, type=Path, help="model folder (config.json + model.safetensors)")
     args = parser.parse_args(argv)
     try:
-        model = MelanomaModel.from_pretrained(str(args.model))
-        path = export_onnx(model, args.model)
+        path = export_onnx(load_model(args.model), args.model)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

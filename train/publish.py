@@ -23,11 +23,11 @@ def check_folder(folder: Path) -> None:
     missing = [name for name in REQUIRED if not (folder / name).is_file()]
     if missing:
         raise PushError(f"Not pushing {folder}: missing {', '.join(missing)}.")
-    from .network import MelanomaModel
+    from .network import load_model
 
     from .checkpoint import assert_finite
 
-    assert_finite(MelanomaModel.from_pretrained(str(folder)), "push")
+    assert_finite(load_model(folder), "push")
 
 
 def push(folder: Path, repo_id: str, token: str, private: bool = False, api=None) -> str:
