@@ -12,8 +12,15 @@ information about melanoma is measured on ISIC 2020's patients by `python -m stu
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
+from . import metadata as md
 from .guard import features
 
 MIN_LESIONS = 3  # with two lesions, "unlike the others" is "unlike the other": no comparison
@@ -49,3 +56,92 @@ def context(probabilities: np.ndarray, lesion_feats: np.ndarray) -> dict[str, np
     z = logit(p)
     relative = np.array([z[i] - np.median(np.delete(z, i)) for i in range(n)])
     return {"outlier": standardised(distance), "relative": relative, "distance": distance}
+
+
+MAX_LESIONS = 30  # one patient's visit: 20 lesions take about 1 s here (bench); a whole-body series is not this tool
+ORDER_NOTE = ("Ordered by melanoma probability, highest first: look at the first ones first. The order is not a "
+              "diagnosis, and a lesion low in it is not ruled out. How much each lesion stands out from this "
+              "patient's others is shown beside it, but on ISIC 2020's patients it has not been shown to find "
+              "melanomas (docs/model.md), so no lesion is marked for it.")
+# `python -m studies.patients`: the outlier score's within-patient ranking of melanomas has not beaten chance beyond
+# its interval, so no lesion is flagged as the patient's outlier and the order is by probability (issue 32).
+FLAG_OUTLIERS = False
+
+
+def fingerprint(image: Any) -> bytes:
+    """The same upload twice has the same fingerprint: a file's bytes, or an image's pixels."""
+    if isinstance(image, (str, os.PathLike)):
+        return hashlib.sha256(Path(image).read_bytes()).digest() if Path(image).is_file() else str(image).encode()
+    if isinstance(image, bytes):
+        return hashlib.sha256(image).digest()
+    if hasattr(image, "tobytes"):  # PIL image, NumPy array
+        return hashlib.sha256(image.tobytes() + repr(getattr(image, "size", getattr(image, "shape", ""))).encode()).digest()
+    return repr(id(image)).encode()  # a stream: cannot be compared without reading it
+
+
+def check_lesions(images: Sequence[Any], sites: Sequence[Any] | None) -> list[Any]:
+    """The one-sentence errors of a patient's upload; returns the sites, one per image."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("Upload at least one image of the patient's lesions.")
+    if n > MAX_LESIONS:
+        raise ValueError(f"{n} images: one patient's assessment takes at most {MAX_LESIONS}; assess the rest separately.")
+    sites = [None] * n if sites is None else list(sites)
+    if len(sites) != n:
+        raise ValueError(f"{len(sites)} sites for {n} images: give one site per image, in upload order, or none.")
+    seen: dict[bytes, int] = {}
+    for i, image in enumerate(images):
+        first = seen.setdefault(fingerprint(image), i)
+        if first != i:
+            raise ValueError(f"Images {first + 1} and {i + 1} are the same file: upload each lesion once.")
+    return sites
+
+
+def assess_patient(predictor: Any, images: Sequence[Any], age: Any = None, sex: Any = None,
+                   sites: Sequence[Any] | None = None, tta: bool = True) -> dict[str, Any]:
+    """Every lesion's answer (as `Predictor.predict`), in upload order, each with a `context`: its `rank` among the
+    patient's kept lesions (1 = look first; by probability), `outlier` and `relative` (`context`), `flagged`, and a
+    `note` when it takes no part. An image that cannot be read is refused alone (`error`); the rest are assessed.
+    Raises ValueError (one sentence) for an upload that cannot be assessed as a whole."""
+    sites = check_lesions(images, sites)
+    md.normalize(age, sex, None)  # the patient's age and sex: one error, not one per image
+    metas = []
+    for i, site in enumerate(sites):
+        try:
+            metas.append(md.normalize(age, sex, site))
+        except ValueError as err:
+            raise ValueError(f"image {i + 1}: {err}") from None
+    squares, errors = {}, {}
+    for i, image in enumerate(images):
+        try:
+            squares[i] = predictor.square(image)
+        except ValueError as err:  # ImageError: this one is refused, the others are assessed
+            errors[i] = str(err)
+    good = list(squares)
+    answers, embedding = predictor.assess(np.stack([squares[i] for i in good]), np.stack(
+        [md.encode(metas[i]) for i in good]), [metas[i] for i in good], tta) if good else ([], None)
+    by_index = dict(zip(good, answers))
+    kept = [i for i in good if by_index[i]["in_distribution"] is not False]
+    compared = len(kept) >= MIN_LESIONS
+    if compared:
+        feats = lesion_features(embedding)[[good.index(i) for i in kept]]
+        c = context(np.array([by_index[i]["melanoma_probability"] for i in kept]), feats)
+        order = sorted(kept, key=lambda i: -by_index[i]["melanoma_probability"])
+        extra = {i: {"rank": order.index(i) + 1, "outlier": float(c["outlier"][j]), "relative": float(c["relative"][j]),
+                     "flagged": FLAG_OUTLIERS and bool(c["outlier"][j] == c["outlier"].max()), "note": None}
+                 for j, i in enumerate(kept)}
+    lesions = []
+    for i in range(len(images)):
+        if i in errors:
+            answer = {"error": errors[i], "in_distribution": False}
+        else:
+            answer = by_index[i]
+        note = ("Not compared: this does not look like a dermoscopic image." if answer["in_distribution"] is False
+                else None if compared else "Not compared: too few lesions.")
+        lesions.append({**answer, "image": i + 1, "context": extra[i] if compared and i in kept else
+                        {"rank": None, "outlier": None, "relative": None, "flagged": False, "note": note}})
+    need = max(0, MIN_LESIONS - len(kept))
+    return {"lesions": lesions, "compared": len(kept) if compared else 0, "needs": need,
+            "order": ORDER_NOTE if compared else
+            f"Upload {need} more dermoscopic image{'s' * (need > 1)} of this patient's lesions to compare them; "
+            "each is assessed on its own meanwhile."}

@@ -191,16 +191,30 @@ class Predictor:
         for start in range(0, n, batch_size):
             chunk = range(start, min(start + batch_size, n))
             squares = np.stack([self.square(images[i]) for i in chunk])
-            pixels = np.stack([self.to_model_input(s) for s in squares])
-            outputs = (LOGITS, EMBEDDING) if self.guard is not None else (LOGITS,)
-            probs, others = self.forward(pixels, encoded[start:chunk.stop], tta=tta, outputs=outputs)
-            ood: list = [None] * len(chunk)
-            colour: list = [None] * len(chunk)
-            if self.guard is not None:
-                with self.step("guard"):
-                    ood, colour = self.guard.score(others[0]).tolist(), self.guard.colour_score(squares).tolist()
-            with self.step("answer"):
-                answers += [self._answer(p, o, c, metas[i], tta) for p, o, c, i in zip(probs, ood, colour, chunk)]
+            answers += self.assess(squares, encoded[start:chunk.stop], metas[start:chunk.stop], tta)[0]
             if progress is not None:
                 progress(len(chunk))
         return answers
+
+    def assess(self, squares: np.ndarray, encoded: np.ndarray, metas: Sequence[md.Metadata],
+               tta: bool = True) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """Cropped squares (B, S, S, 3) uint8 with their encoded and normalised metadata → (the answers, the pooled
+        embedding of every view (V, B, D)): `predict_batch`'s work on one batch; `predict_patient` compares the
+        lesions' embeddings too."""
+        pixels = np.stack([self.to_model_input(s) for s in squares])
+        probs, (embedding,) = self.forward(pixels, encoded, tta=tta, outputs=(LOGITS, EMBEDDING))
+        ood: list = [None] * len(squares)
+        colour: list = [None] * len(squares)
+        if self.guard is not None:
+            with self.step("guard"):
+                ood, colour = self.guard.score(embedding).tolist(), self.guard.colour_score(squares).tolist()
+        with self.step("answer"):
+            answers = [self._answer(p, o, c, m, tta) for p, o, c, m in zip(probs, ood, colour, metas)]
+        return answers, embedding
+
+    def predict_patient(self, images: Sequence[ImageInput], age: Any = None, sex: Any = None,
+                        sites: Sequence[Any] | None = None, tta: bool = True) -> dict[str, Any]:
+        """Assess all of one patient's lesions together: `inference.patient.assess_patient`."""
+        from .patient import assess_patient
+
+        return assess_patient(self, images, age, sex, sites, tta)

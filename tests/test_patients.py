@@ -65,3 +65,61 @@ def test_the_measurement_scores_each_patients_lesions_as_the_space_does(data_dir
                                                         *known)
     assert first.probability == pytest.approx(answer["melanoma_probability"], rel=1e-5)
     assert first.refused == (answer["in_distribution"] is False)
+
+
+@pytest.fixture(scope="module")
+def patient(isic_rows) -> pd.DataFrame:
+    """One real ISIC 2020 patient's first 5 lesions."""
+    counts = isic_rows.patient_id.value_counts()
+    return isic_rows[isic_rows.patient_id == counts.index[counts >= 5][0]].head(5)
+
+
+def test_a_patients_lesions_are_assessed_together_and_ordered(tiny_model_dir, patient):
+    predictor = Predictor.from_pretrained(tiny_model_dir)
+    sites = [None if pd.isna(s) else s for s in patient.anatom_site_general_challenge]
+    age, sex = patient.age_approx.iloc[0], patient.sex.iloc[0]
+    result = predictor.predict_patient(list(patient.path), age, sex, sites)
+    lesions = result["lesions"]
+    assert [x["image"] for x in lesions] == [1, 2, 3, 4, 5] and result["compared"] == 5 and result["needs"] == 0
+    for x, path, site in zip(lesions, patient.path, sites):  # each lesion's own answer, as for one lesion
+        alone = predictor.predict(path, age, sex, site)
+        assert x["melanoma_probability"] == pytest.approx(alone["melanoma_probability"], rel=1e-5)
+    by_rank = sorted(lesions, key=lambda x: x["context"]["rank"])
+    assert [x["context"]["rank"] for x in by_rank] == [1, 2, 3, 4, 5]
+    probs = [x["melanoma_probability"] for x in by_rank]
+    assert probs == sorted(probs, reverse=True)  # the order is by probability (the measurement's decision)
+    assert not any(x["context"]["flagged"] for x in lesions) and "probability" in result["order"]
+    assert abs(np.mean([x["context"]["outlier"] for x in lesions])) < 1e-9
+
+
+def test_too_few_lesions_say_how_many_more(tiny_model_dir, patient):
+    result = Predictor.from_pretrained(tiny_model_dir).predict_patient(list(patient.path[:2]))
+    assert result["compared"] == 0 and result["needs"] == 1 and "1 more dermoscopic image " in result["order"]
+    assert all(x["context"]["rank"] is None and x["context"]["note"] for x in result["lesions"])
+
+
+def test_bad_uploads_get_one_sentence_and_a_non_image_is_refused_alone(tiny_model_dir, patient, tmp_path):
+    predictor = Predictor.from_pretrained(tiny_model_dir)
+    paths = list(patient.path)
+    for images, sites, message in (([], None, "at least one image"), (paths * 7, None, "at most 30"),
+                                   (paths[:3], ["torso"], "1 sites for 3 images"),
+                                   ([paths[0], paths[1], paths[0]], None, "Images 1 and 3 are the same file")):
+        with pytest.raises(ValueError, match=message):
+            predictor.predict_patient(images, sites=sites)
+    with pytest.raises(ValueError, match="^image 2: "):
+        predictor.predict_patient(paths[:3], sites=["torso", "elbow", None])
+    (tmp_path / "notes.jpg").write_text("not an image")
+    result = predictor.predict_patient(paths[:3] + [tmp_path / "notes.jpg"])
+    bad = result["lesions"][3]
+    assert bad["in_distribution"] is False and bad["error"] and bad["context"]["rank"] is None
+    assert result["compared"] == 3 and sorted(x["context"]["rank"] for x in result["lesions"][:3]) == [1, 2, 3]
+
+
+def test_a_refused_image_takes_no_part_and_says_so(patient):
+    from skimage.data import chelsea
+
+    result = Predictor.from_pretrained(BUNDLED).predict_patient(list(patient.path[:3]) + [chelsea()])
+    cat = result["lesions"][3]
+    assert cat["in_distribution"] is False and cat["context"]["rank"] is None
+    assert "does not look like a dermoscopic image" in cat["context"]["note"]
+    assert result["compared"] == 3
