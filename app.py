@@ -1,18 +1,18 @@
-"""The Hugging Face Space: melanoma probability, differential diagnosis and a Grad-CAM for one image.
+"""The Hugging Face Space: melanoma probability, differential diagnosis and a Grad-CAM for one image; a second
+tab assesses all of one patient's lesions together (app_patient.py).
 
 Run: `python app.py` (model from $MELANOMA_MODEL: a local folder, a Hub repo id or `repo@revision`;
 default output/default). API: `Client(url).predict(handle_file(path), age, sex, site, api_name="/predict")`
-returns the `Predictor.predict` dict. Uploads are never kept: no flagging, cache files are deleted.
+returns the `Predictor.predict` dict; `/predict_patient`: app_patient.py. Uploads are never kept: no flagging,
+cache files are deleted.
 
-Shape: the handlers are plain module-level functions of (predictor, upload folder, inputs);
-`build_demo` binds them to one loaded predictor and lays out the page last.
+Shape: the handlers are plain module-level functions of (predictor, upload folder, inputs) (app_requests.py checks
+the uploads); `build_demo` binds them to one loaded predictor and lays out the page last.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
-import html
 import json
 import math
 import os
@@ -23,6 +23,8 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from app_patient import patient_tab
+from app_requests import UNPROCESSED, UPLOADS_ONLY, bind, refuse, upload_path, withhold_gradio_messages  # noqa: F401
 from inference import CLASS_NAMES, MALIGNANT, Predictor
 from inference.explain import explain
 from inference.hub import parse_source
@@ -53,60 +55,7 @@ HEAT_CAPTION = ("**Grad-CAM**: regions that raised the melanoma probability (bri
 SCROLL_TO_ANSWER = "() => document.getElementById('headline')?.scrollIntoView({block: 'nearest'})"
 # What each output shows when an input changes (the browser clears the old answer; see build_demo).
 BLANK = {gr.Markdown: "", gr.Label: {}, gr.Image: None, gr.JSON: None}
-UPLOADS_ONLY = "Send the image as a file uploaded to this app; other paths and URLs are refused."
-UNPROCESSED = ("This request could not be processed (the server's own message is withheld: it can quote the "
-               "request). Send the image as a file uploaded to this app, and age, sex and site as the API page says.")
 
-
-def withhold_gradio_messages() -> None:
-    """Gradio's own checks (a path that was not uploaded, a URL to a private address, a malformed file payload)
-    raise before this app's code runs, and their messages quote the request and the server's paths (its working
-    directory, its upload folder). Nothing of that reaches the visitor or the log: the reply is one fixed
-    sentence, and the log keeps where it failed and the exception's type. The app's own refusals (`gr.Error`)
-    are written for people and pass unchanged."""
-    import traceback
-
-    import gradio.queueing
-    import gradio.utils
-    from gradio.exceptions import InvalidPathError
-
-    class Redacted:
-        @staticmethod
-        def print_exc(*_args, **_kwargs) -> None:
-            kind, _, trace = sys.exc_info()
-            frames = "".join(traceback.format_tb(trace, limit=-3)) if trace else ""
-            print(f"request failed: {getattr(kind, '__name__', kind)} (message withheld: it can quote the "
-                  f"request)\n{frames}", file=sys.stderr, end="")
-
-    original = getattr(gradio.utils.error_payload, "original", gradio.utils.error_payload)
-
-    def error_payload(error: BaseException | None, show_error: bool) -> dict:
-        if error is None or isinstance(error, gr.Error):
-            return original(error, show_error)
-        return original(refuse(UPLOADS_ONLY if isinstance(error, InvalidPathError) else UNPROCESSED), show_error)
-
-    error_payload.original = original  # type: ignore[attr-defined]  (a second build_demo does not wrap twice)
-    gradio.queueing.traceback = Redacted
-    gradio.queueing.error_payload = gradio.utils.error_payload = error_payload
-
-
-def refuse(message: str) -> gr.Error:
-    """A message for the person (printed nowhere: it can quote their input). Gradio 6.31's page titles every
-    error toast "Error" whatever `title` says, so the message itself says what to do."""
-    return gr.Error(html.escape(message, quote=False), print_exception=False)
-
-
-def upload_path(image: dict | None, uploads: Path) -> str | None:
-    """The path of a file uploaded to this server (examples are copied there too), or None. Events run with
-    preprocess=False, so Gradio never opens the upload: `inference.open_image` (format allow-list, pixel
-    cap read from the header) is the only parser. Gradio checks only payloads tagged as files, so the
-    folder is checked here too."""
-    if image is None:
-        return None
-    path = image.get("path") if isinstance(image, dict) else None
-    if not isinstance(path, str) or not Path(path).resolve().is_relative_to(uploads):
-        raise refuse(UPLOADS_ONLY)
-    return path
 
 
 def predict(predictor: Predictor, uploads: Path, image: dict | None, age: float | None = None,
@@ -151,13 +100,6 @@ def heat_map(predictor: Predictor, uploads: Path, image: dict | None, age=None, 
         return explain(predictor, upload_path(image, uploads), age, sex, site, display_size=384)[0]
     except ValueError as err:
         raise refuse(str(err)) from None
-
-
-def bind(fn, *args):
-    """`fn` with its first arguments fixed; Gradio reads the rest of the signature and the docstring."""
-    bound = functools.partial(fn, *args)
-    bound.__doc__, bound.__name__ = fn.__doc__, fn.__name__
-    return bound
 
 
 def model_name(source: str) -> str:
@@ -222,9 +164,9 @@ def answer_column() -> tuple:
 
 
 def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = RETENTION) -> gr.Blocks:
-    """The Blocks app around one loaded predictor; the API endpoint is `/predict`. `delete_cache`: every
-    first-value seconds, delete uploads and outputs older than the second value, and the folders of servers
-    that have ended (`upload_folder`)."""
+    """The Blocks app around one loaded predictor; the API endpoints are `/predict` and `/predict_patient`.
+    `delete_cache`: every first-value seconds, delete uploads and outputs older than the second value, and the
+    folders of servers that have ended (`upload_folder`)."""
     # Where Gradio's upload route writes; it also copies the examples there (kept for the server's
     # lifetime), so clicking one passes a path inside it.
     uploads = upload_folder(delete_cache[0])
@@ -233,21 +175,25 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = RETENTION) 
     example_rows, example_labels, credits = examples()
     with gr.Blocks(title="Melanoma triage (research demo)", analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(f"# Melanoma triage from a dermoscopic image\n> ⚠️ {NOTICE}")
-        with gr.Row():
-            with gr.Column():
-                image = gr.Image(label="Dermoscopic image", type="filepath", image_mode=None, height=320,
-                                 sources=["upload", "webcam", "clipboard"], elem_id="input-image")
-                age = gr.Number(label="Age in years (0–100)", value=None, placeholder="blank = unknown",
-                                info="Leave blank if unknown.")
-                sex = gr.Dropdown(["unknown", "female", "male"], value="unknown", label="Sex", allow_custom_value=True)
-                site = gr.Dropdown([*SITES, "unknown"], value="unknown", label="Anatomical site",
-                                   allow_custom_value=True)
-                gr.Markdown("Blank or *unknown* fields are treated as unknown; the model was trained with them.")
-                button = gr.Button("Assess", variant="primary")
-            with gr.Column():  # on a phone the columns stack: the answer comes right after the button
-                headline, triage, benign_malignant, ddx, heat, answer = answer_column()
-        gr.Examples(example_rows, [image, age, sex, site], label="Examples (click one, then Assess)",
-                    elem_id="examples", cache_examples=False, example_labels=example_labels)
+        with gr.Tab("One lesion", id="lesion"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(label="Dermoscopic image", type="filepath", image_mode=None, height=320,
+                                     sources=["upload", "webcam", "clipboard"], elem_id="input-image")
+                    age = gr.Number(label="Age in years (0–100)", value=None, placeholder="blank = unknown",
+                                    info="Leave blank if unknown.")
+                    sex = gr.Dropdown(["unknown", "female", "male"], value="unknown", label="Sex",
+                                      allow_custom_value=True)
+                    site = gr.Dropdown([*SITES, "unknown"], value="unknown", label="Anatomical site",
+                                       allow_custom_value=True)
+                    gr.Markdown("Blank or *unknown* fields are treated as unknown; the model was trained with them.")
+                    button = gr.Button("Assess", variant="primary")
+                with gr.Column():  # on a phone the columns stack: the answer comes right after the button
+                    headline, triage, benign_malignant, ddx, heat, answer = answer_column()
+            gr.Examples(example_rows, [image, age, sex, site], label="Examples (click one, then Assess)",
+                        elem_id="examples", cache_examples=False, example_labels=example_labels)
+        with gr.Tab("Patient: several lesions", id="patient"):
+            patient_age = patient_tab(predictor, uploads)
         kept = f"{sum(delete_cache) // 60} minutes" if sum(delete_cache) >= 120 else f"{sum(delete_cache)} seconds"
         gr.Markdown(f"{model_line(predictor)} Malignant = {', '.join(CLASS_NAMES[c] for c in MALIGNANT)}. "
                     f"Uploads are deleted from the server within {kept} and never logged.\n\n{credits}",
@@ -255,7 +201,7 @@ def build_demo(predictor: Predictor, delete_cache: tuple[int, int] = RETENTION) 
         inputs, shown = [image, age, sex, site], [headline, benign_malignant, ddx, triage]
         outputs = [*shown, heat, answer]
         # Gradio 6.31's front end starts an empty Number at 0 (a newborn, not "unknown"): blank it on load.
-        demo.load(fn=None, outputs=age, js="() => null")
+        demo.load(fn=None, outputs=[age, patient_age], js="() => [null, null]")
         # Any change of input clears the old answer, in the browser only.
         gr.on([image.change, age.change, sex.change, site.change], fn=None, outputs=outputs,
               js=f"() => {json.dumps([BLANK[type(c)] for c in outputs])}")

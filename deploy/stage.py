@@ -1,4 +1,4 @@
-"""What the Space needs, copied into one folder: app.py, inference/, examples/, requirements.txt, a README
+"""What the Space needs, copied into one folder: app*.py, inference/, examples/, requirements.txt, a README
 with the Space front matter, and the bundled model only when the Space serves it.
 
 Everything else (tests, train/, bench/, notebooks/, data, run folders) stays out: the Space builder
@@ -15,7 +15,7 @@ from inference.layout import SERVED_FILES  # standard library only: the model fi
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = "output/default"  # app.py's DEFAULT_MODEL: served when $MELANOMA_MODEL is unset
-CODE = ("app.py", "requirements.txt")
+CODE = ("app.py", "app_patient.py", "app_requests.py", "requirements.txt")  # app*.py: the Space's code
 FOLDERS = ("inference", "examples")
 STAGED_NAMES = {*CODE, *FOLDERS, "README.md", BUNDLED.split("/")[0]}  # what a staged folder holds at its top
 SHA = re.compile(r"[0-9a-f]{40}")

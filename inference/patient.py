@@ -58,7 +58,7 @@ def context(probabilities: np.ndarray, lesion_feats: np.ndarray) -> dict[str, np
     return {"outlier": standardised(distance), "relative": relative, "distance": distance}
 
 
-MAX_LESIONS = 30  # one patient's visit: 20 lesions take about 1 s here (bench); a whole-body series is not this tool
+MAX_LESIONS = 30  # a visit: 20 lesions take 1.6 s here (bench/patient.py); a whole-body series is not this tool
 ORDER_NOTE = ("Ordered by melanoma probability, highest first: look at the first ones first. The order is not a "
               "diagnosis, and a lesion low in it is not ruled out. How much each lesion stands out from this "
               "patient's others is shown beside it, but on ISIC 2020's patients it has not been shown to find "

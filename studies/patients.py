@@ -1,6 +1,6 @@
 """Does a lesion's patient help? The ugly-duckling measurement on ISIC 2020's whole patients (issue 32).
 
-    python -m studies.patients --models output/default runs/cpu5/fold1/model ... --output_dir runs/patients
+    python -m studies.patients --models output/default runs/cpu5/fold1/model ... --output_dir runs/patients [--readme README.md]
 
 Each fold model scores its own held-out ISIC 2020 rows as the Space does (8 views, the guard): the melanoma
 probability, and the lesion's features (`inference.patient.lesion_features`). Within each patient with at least
@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 
 from inference import Predictor
 from inference import metadata as md
-from inference.onnx_backend import EMBEDDING, LOGITS
 from inference.patient import MIN_LESIONS, context, lesion_features, logit, standardised
 
 from train import metrics as M
@@ -47,16 +46,14 @@ def scored_rows(models: dict[int, Path]) -> tuple[pd.DataFrame, np.ndarray]:
         _, rows = model_rows(folder, fold)
         rows = rows[rows.source == "isic2020"].reset_index(drop=True)
         predictor = Predictor.from_pretrained(folder)
-        mel = predictor.classes.index("mel")
-        meta = np.stack([md.encode(md.normalize(a, s, t)) for a, s, t in zip(ages(rows), rows.sex, rows.site)])
+        metas = [md.normalize(a, s, t) for a, s, t in zip(ages(rows), rows.sex, rows.site)]
         probs, refused = [], []
         for start in tqdm(range(0, len(rows), 32), desc=f"fold {fold}", disable=None):
             squares = np.stack([predictor.square(p) for p in rows.path[start:start + 32]])
-            pixels = np.stack([predictor.to_model_input(s) for s in squares])
-            p, (views,) = predictor.forward(pixels, meta[start:start + 32], tta=True, outputs=(LOGITS, EMBEDDING))
-            scores, colours = predictor.guard.score(views), predictor.guard.colour_score(squares)
-            probs += p[:, mel].tolist()
-            refused += [not predictor.guard.verdict(s, c)[0] for s, c in zip(scores, colours)]
+            batch = metas[start:start + 32]
+            answers, views = predictor.assess(squares, np.stack([md.encode(m) for m in batch]), batch)  # as served
+            probs += [a["melanoma_probability"] for a in answers]
+            refused += [a["in_distribution"] is False for a in answers]
             feats.append(lesion_features(views))
         parts.append(rows[["image_id", "group", "target"]].assign(fold=fold, probability=probs, refused=refused))
     return pd.concat(parts, ignore_index=True), np.concatenate(feats)
@@ -158,13 +155,38 @@ def markdown(f: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decision(f: dict) -> str:
+    """What the figures allow (issue 32): a flag only if the outlier order beats chance with its interval above zero;
+    a context-adjusted number only if its AUC gain's interval is above zero."""
+    flag = f["ranks"]["outlier_mrr_over_chance_95ci"][0] > 0
+    adjust = f["context_minus_probability_auc_95ci"][0] > 0
+    return ("Decision: " + ("the outlier order beats chance beyond its interval, so the most outlying lesion may be "
+                            "flagged" if flag else "no lesion is flagged as the patient's outlier (its order does not "
+                            "beat chance beyond its interval)") + "; " +
+            ("the context-adjusted score may replace the probability" if adjust else "the melanoma number stays the "
+             "lesion's own, with the context shown beside it (the AUC difference's interval includes zero)") + ".")
+
+
+def readme_block(readme: Path) -> tuple[str, str]:
+    """README's text before and after its `<!-- studies.patients -->` ... `<!-- /studies.patients -->` block, markers
+    kept; a ValueError that says what is missing."""
+    start, end = "<!-- studies.patients -->\n", "<!-- /studies.patients -->"
+    text = readme.read_text() if readme.is_file() else ""
+    if start not in text or end not in text.split(start, 1)[-1]:
+        raise ValueError(f"{readme} has no '{start.strip()}' line followed by '{end}' to put the table between")
+    head, rest = text.split(start, 1)
+    return head + start, rest[rest.index(end):]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.patients", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, nargs="+", required=True, help="one model folder per fold")
     parser.add_argument("--output_dir", type=Path, required=True, help="where the tables go")
+    parser.add_argument("--readme", type=Path, help="also write the table into this file's studies.patients block")
     args = parser.parse_args(argv)
     command = "python -m studies.patients " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
+        block = readme_block(args.readme) if args.readme else None  # before the long part: no lost work
         rows, feats = scored_rows(fold_members(args.models))
         figures = measure(with_context(rows, feats))
     except (DataError, FileNotFoundError, ValueError) as err:
@@ -173,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     rows.to_csv(args.output_dir / "isic2020_rows.csv", index=False)
     (args.output_dir / "patients.json").write_text(json.dumps({"command": command, **figures}, indent=1) + "\n")
-    (args.output_dir / "patients.md").write_text(markdown(figures, command))
-    print(markdown(figures, command))
+    table = markdown(figures, command) + "\n" + decision(figures) + "\n"
+    (args.output_dir / "patients.md").write_text(table)
+    print(table)
+    if block:
+        args.readme.write_text(block[0] + table + block[1])
     return 0
 
 

@@ -178,13 +178,14 @@ def assert_still_serves(client: Client, image: Path) -> None:
     assert 0.0 <= answer["melanoma_probability"] <= 1.0
 
 
-def raw_call(base: str, data: list | None = None, body: str | None = None) -> tuple[str, dict]:
-    """POST /gradio_api/call/predict with a hand-made JSON body (what a script could send without the
+def raw_call(base: str, data: list | None = None, body: str | None = None,
+             endpoint: str = "predict") -> tuple[str, dict]:
+    """POST /gradio_api/call/<endpoint> with a hand-made JSON body (what a script could send without the
     client's upload step), then read the result stream: (event name, payload)."""
     content = body if body is not None else json.dumps({"data": data})
-    r = httpx.post(f"{base}gradio_api/call/predict", content=content, headers={"content-type": "application/json"})
+    r = httpx.post(f"{base}gradio_api/call/{endpoint}", content=content, headers={"content-type": "application/json"})
     r.raise_for_status()
-    with httpx.stream("GET", f"{base}gradio_api/call/predict/{r.json()['event_id']}", timeout=60) as stream:
+    with httpx.stream("GET", f"{base}gradio_api/call/{endpoint}/{r.json()['event_id']}", timeout=60) as stream:
         text = stream.read().decode()
     events = re.findall(r"event: (\w+)\ndata: (.*)", text)
     name, payload = events[-1]

@@ -51,15 +51,16 @@ def unusual_files(tmp_path_factory, rows, ham_rows) -> dict[str, Path]:
 
 
 
-def test_api_has_one_public_named_endpoint(server, client):
+def test_api_has_two_public_named_endpoints(server, client):
     info = client.view_api(print_info=False, return_format="dict")
-    assert list(info["named_endpoints"]) == ["/predict"]
+    assert sorted(info["named_endpoints"]) == ["/predict", "/predict_patient"]
     assert not info.get("unnamed_endpoints")
-    params = [p["parameter_name"] for p in info["named_endpoints"]["/predict"]["parameters"]]
-    assert params == ["image", "age", "sex", "site"]
-    # Every call goes through the bounded queue: the direct route that would skip it is closed.
-    r = httpx.post(f"{server}gradio_api/run/predict", json={"data": [None, None, None, None]})
-    assert r.status_code == 404 and "join the queue" in r.text
+    params = {name: [p["parameter_name"] for p in e["parameters"]] for name, e in info["named_endpoints"].items()}
+    assert params == {"/predict": ["image", "age", "sex", "site"], "/predict_patient": ["images", "age", "sex", "sites"]}
+    # Every call goes through the bounded queue: the direct routes that would skip it are closed.
+    for name in ("predict", "predict_patient"):
+        r = httpx.post(f"{server}gradio_api/run/{name}", json={"data": [None, None, None, None]})
+        assert r.status_code == 404 and "join the queue" in r.text
 
 
 def test_predict_equals_predictor_on_real_images(client, predictor, rows, real_copies):

@@ -42,6 +42,17 @@ def test_files_the_caller_did_not_upload_are_refused(server, client, predictor, 
     assert_still_serves(client, real_copies[0])
 
 
+def test_the_patient_endpoint_reads_only_uploaded_files_too(server, client, rows, real_copies, tiny_model_dir):
+    inside = upload(server, real_copies[0])
+    for path in ["/etc/passwd", rows[0][0], str(tiny_model_dir / "config.json")]:
+        for image in ({"path": path, "meta": {"_type": "gradio.FileData"}}, {"path": path}, path):
+            # one good upload beside it: the whole request is refused, nothing is read
+            event, payload = raw_call(server, [[inside, image], None, None, ""], endpoint="predict_patient")
+            assert event == "error" and "melanoma_probability" not in json.dumps(payload), (image, payload)
+            assert payload["error"] in (app.UPLOADS_ONLY, app.UNPROCESSED), (image, payload)
+    assert_still_serves(client, real_copies[0])
+
+
 def test_urls_to_internal_addresses_are_refused_without_a_request(server, client, real_copies, tripwire):
     with pytest.raises(AppError) as refused:  # Gradio's SSRF check refused it; its message is withheld
         client.predict(handle_file(METADATA_URL), 50, "male", "torso", api_name="/predict")

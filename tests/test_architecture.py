@@ -28,11 +28,18 @@ def test_inference_imports_neither_train_nor_training_libraries():
 
 
 def test_app_imports_only_inference_from_the_project():
-    app = REPO / "app.py"
-    assert app.is_file(), "app.py moved: point this test at the Space's entry point"
+    """The Space's code is app.py and its app_*.py modules (deploy/stage.py ships exactly these): they import
+    inference and each other, nothing else of the project."""
+    from deploy.stage import CODE
+
+    assert (REPO / "app.py").is_file(), "app.py moved: point this test at the Space's entry point"
+    space = sorted(REPO.glob("app*.py"))
+    assert {p.name for p in space} == {c for c in CODE if c.endswith(".py")}
     project = {p.stem for p in REPO.glob("*.py")} | {p.parent.name for p in REPO.glob("*/__init__.py")}
-    assert _imports(app) & project == {"inference"}
-    assert not _imports(app) & FORBIDDEN_IN_INFERENCE
+    assert _imports(REPO / "app.py") & project == {"inference", "app_patient", "app_requests"}
+    for path in space:
+        assert _imports(path) & project <= {"inference"} | {p.stem for p in space}, path
+        assert not _imports(path) & FORBIDDEN_IN_INFERENCE, path
 
 
 def _requirements(name: str) -> set[str]:

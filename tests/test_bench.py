@@ -119,3 +119,14 @@ def test_memory_bench_prints_the_rss_rows_and_their_ratios(tmp_path):
     assert after == pytest.approx(figures["after_mb"], abs=0.5)
     assert row("1 s after the last answer", out, column=2) == pytest.approx(figures["after_mb"] / 450, abs=0.006)
     assert row("peak during the bursts", out) >= row("at rest, after one /predict", out) - 0.5
+
+
+def test_patient_bench_ratio_follows_from_its_rows(data_dir, tmp_path):
+    out = run("bench/patient.py", "--lesions", "3", "--runs", "1", "--data", str(data_dir),
+              "--json", str(tmp_path / "patient.json"))
+    together = row("predict_patient, 3 lesions (as the Space)", out)
+    alone = row("predict, the same 3 lesions one by one", out)
+    assert number(r"= ([\d.]+) of the 3 s budget", out) == pytest.approx(together / 3, abs=0.006)
+    assert number(r"one by one / together = ([\d.]+)x", out) == pytest.approx(alone / together, rel=0.05, abs=0.01)
+    figures = json.loads((tmp_path / "patient.json").read_text())
+    assert figures["lesions"] == 3 and figures["patient_s"] == pytest.approx(together, abs=0.006)

@@ -59,7 +59,8 @@ def test_the_deploy_command_loads_neither_torch_nor_train_nor_the_app():
 def test_bundled_stage_holds_the_app_inference_examples_and_the_served_model_files_only(tmp_path):
     files = set(stage(tmp_path / "s", None, bundled=True))
     served = {f"output/default/{name}" for name in SERVED_FILES if (REPO / "output/default" / name).is_file()}
-    expected = {"app.py", "requirements.txt", "README.md"} | git_files("inference", "examples") | served
+    expected = {"app.py", "app_patient.py", "app_requests.py", "requirements.txt", "README.md"} | \
+        git_files("inference", "examples") | served
     assert files == expected
     assert {"output/default/model.onnx", "output/default/config.json"} <= files
     assert not any(f.startswith(("tests/", "train/", "bench/", "notebooks/", "input/")) or f.endswith(".pyc")

@@ -123,3 +123,23 @@ def test_a_refused_image_takes_no_part_and_says_so(patient):
     assert cat["in_distribution"] is False and cat["context"]["rank"] is None
     assert "does not look like a dermoscopic image" in cat["context"]["note"]
     assert result["compared"] == 3
+
+
+def test_the_decision_follows_the_intervals_and_readme_states_the_one_the_code_applies(tmp_path):
+    from inference.patient import FLAG_OUTLIERS
+    from studies.patients import decision, readme_block
+
+    def figures(outlier_low: float, auc_low: float) -> dict:
+        return {"ranks": {"outlier_mrr_over_chance_95ci": [outlier_low, 0.2]},
+                "context_minus_probability_auc_95ci": [auc_low, 0.1]}
+
+    assert "no lesion is flagged" in decision(figures(-0.01, -0.02)) and "stays the lesion's own" in \
+        decision(figures(-0.01, -0.02))
+    assert "may be flagged" in decision(figures(0.01, -0.02)) and "may replace" in decision(figures(-0.01, 0.02))
+    head, tail = readme_block(REPO / "README.md")
+    block = (REPO / "README.md").read_text()[len(head):-len(tail)]
+    assert "python -m studies.patients --models" in block and "Decision:" in block
+    assert ("no lesion is flagged" in block) == (not FLAG_OUTLIERS)  # the code applies what README's table decided
+    (tmp_path / "R.md").write_text("# no block\n")
+    with pytest.raises(ValueError, match="no '<!-- studies.patients -->' line"):
+        readme_block(tmp_path / "R.md")
