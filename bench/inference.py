@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.app_http import http_predict  # noqa: E402
 from inference import Predictor  # noqa: E402
 from inference.image import open_image, prepare, to_input  # noqa: E402
 from inference.layout import data_root  # noqa: E402
@@ -131,24 +132,6 @@ def app_round_trips(predictor: Predictor, image: str, runs: int) -> dict[str, tu
         return rows
     finally:
         demo.close()
-
-
-def http_predict(http, image: str) -> dict:
-    """One /predict call the way README's curl example does it; returns the answer dict."""
-    with open(image, "rb") as f:
-        path = http.post("/gradio_api/upload", files={"files": (Path(image).name, f, "image/jpeg")}).json()[0]
-    data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, 50, "female", "torso"]
-    event_id = http.post("/gradio_api/call/predict", json={"data": data}).json()["event_id"]
-    event = None
-    with http.stream("GET", f"/gradio_api/call/predict/{event_id}") as response:
-        for line in response.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event in ("complete", "error"):
-                if event == "error":
-                    raise RuntimeError(f"the app answered an error: {line}")
-                return json.loads(line.split(":", 1)[1])[0]
-    raise RuntimeError("the event stream ended without an answer")
 
 
 @dataclass

@@ -59,13 +59,21 @@ def context(probabilities: np.ndarray, lesion_feats: np.ndarray) -> dict[str, np
 
 
 MAX_LESIONS = 30  # a visit: 20 lesions take 1.6 s here (bench/patient.py); a whole-body series is not this tool
-ORDER_NOTE = ("Ordered by melanoma probability, highest first: look at the first ones first. The order is not a "
-              "diagnosis, and a lesion low in it is not ruled out. How much each lesion stands out from this "
-              "patient's others is shown beside it, but on ISIC 2020's patients it has not been shown to find "
-              "melanomas (docs/model.md), so no lesion is marked for it.")
-# `python -m studies.patients`: the outlier score's within-patient ranking of melanomas has not beaten chance beyond
-# its interval, so no lesion is flagged as the patient's outlier and the order is by probability (issue 32).
-FLAG_OUTLIERS = False
+# `python -m studies.patients --readme README.md` decides the flag: the most outlying lesion is flagged only while the
+# outlier order's within-patient ranking of melanomas beats chance beyond its interval (issue 32; a test keeps this in
+# step with README's decision). The order stays by probability either way: no other order beat it beyond its interval.
+FLAG_OUTLIERS = True
+ORDER_NOTES = {
+    False: "Ordered by melanoma probability, highest first: look at the first ones first. The order is not a "
+           "diagnosis, and a lesion low in it is not ruled out. How much each lesion stands out from this "
+           "patient's others is shown beside it, but on ISIC 2020's patients it has not been shown to find "
+           "melanomas (docs/model.md), so no lesion is marked for it.",
+    True: "Ordered by melanoma probability, highest first: look at the first ones first. The lesion marked ◆ is the "
+          "one that differs most from this patient's others (the \"ugly duckling\" sign): on ISIC 2020's patients "
+          "melanomas stood out this way more often than chance, on few patients (docs/model.md), so look at it too, "
+          "whatever its number. The order and the mark are not a diagnosis, and a lesion low in the order is not "
+          "ruled out.",
+}
 
 
 def fingerprint(image: Any) -> bytes:
@@ -142,6 +150,6 @@ def assess_patient(predictor: Any, images: Sequence[Any], age: Any = None, sex: 
                         {"rank": None, "outlier": None, "relative": None, "flagged": False, "note": note}})
     need = max(0, MIN_LESIONS - len(kept))
     return {"lesions": lesions, "compared": len(kept) if compared else 0, "needs": need,
-            "order": ORDER_NOTE if compared else
+            "order": ORDER_NOTES[FLAG_OUTLIERS] if compared else
             f"Upload {need} more dermoscopic image{'s' * (need > 1)} of this patient's lesions to compare them; "
             "each is assessed on its own meanwhile."}

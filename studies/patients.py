@@ -157,12 +157,17 @@ def markdown(f: dict, command: str) -> str:
 
 def decision(f: dict) -> str:
     """What the figures allow (issue 32): a flag only if the outlier order beats chance with its interval above zero;
-    a context-adjusted number only if its AUC gain's interval is above zero."""
-    flag = f["ranks"]["outlier_mrr_over_chance_95ci"][0] > 0
+    an order other than probability only if it beats probability's with its interval above zero; a context-adjusted
+    number only if its AUC gain's interval is above zero."""
+    r = f["ranks"]
+    flag = r["outlier_mrr_over_chance_95ci"][0] > 0
+    better = [o for o in ORDERS[1:] if r[f"{o}_minus_probability_mrr_95ci"][0] > 0]
     adjust = f["context_minus_probability_auc_95ci"][0] > 0
     return ("Decision: " + ("the outlier order beats chance beyond its interval, so the most outlying lesion may be "
                             "flagged" if flag else "no lesion is flagged as the patient's outlier (its order does not "
                             "beat chance beyond its interval)") + "; " +
+            (f"the {better[0]} order beats probability's beyond its interval and may replace it" if better else
+             "the order stays by probability (no other order beats it beyond its interval)") + "; " +
             ("the context-adjusted score may replace the probability" if adjust else "the melanoma number stays the "
              "lesion's own, with the context shown beside it (the AUC difference's interval includes zero)") + ".")
 

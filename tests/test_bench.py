@@ -112,9 +112,10 @@ def test_space_bench_builds_the_staged_space_without_torch(tmp_path):
 def test_memory_bench_prints_the_rss_rows_and_their_ratios(tmp_path):
     """bench/memory.py end to end at a small size: the app answers every burst and the ratios follow from the rows."""
     out = run("bench/memory.py", "--side", "1200", "--clients", "2", "--bursts", "1", "--settle", "1",
-              "--json", str(tmp_path / "memory.json"))
+              "--patient", "3", "--json", str(tmp_path / "memory.json"))
     figures = json.loads((tmp_path / "memory.json").read_text())
-    assert figures["answers"] == 2 and figures["answered_all"] is True
+    assert figures["answers"] == 2 and figures["patients"] == 1 and figures["answered_all"] is True
+    assert "and one patient of 3" in out
     after = row("1 s after the last answer", out)
     assert after == pytest.approx(figures["after_mb"], abs=0.5)
     assert row("1 s after the last answer", out, column=2) == pytest.approx(figures["after_mb"] / 450, abs=0.006)

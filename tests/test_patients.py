@@ -74,7 +74,10 @@ def patient(isic_rows) -> pd.DataFrame:
     return isic_rows[isic_rows.patient_id == counts.index[counts >= 5][0]].head(5)
 
 
-def test_a_patients_lesions_are_assessed_together_and_ordered(tiny_model_dir, patient):
+def test_a_patients_lesions_are_assessed_together_and_ordered(tiny_model_dir, patient, monkeypatch):
+    from inference import patient as patient_context
+
+    monkeypatch.setattr(patient_context, "FLAG_OUTLIERS", False)  # the flag's own test turns it on
     predictor = Predictor.from_pretrained(tiny_model_dir)
     sites = [None if pd.isna(s) else s for s in patient.anatom_site_general_challenge]
     age, sex = patient.age_approx.iloc[0], patient.sex.iloc[0]
@@ -90,6 +93,22 @@ def test_a_patients_lesions_are_assessed_together_and_ordered(tiny_model_dir, pa
     assert probs == sorted(probs, reverse=True)  # the order is by probability (the measurement's decision)
     assert not any(x["context"]["flagged"] for x in lesions) and "probability" in result["order"]
     assert abs(np.mean([x["context"]["outlier"] for x in lesions])) < 1e-9
+
+
+def test_with_the_flag_on_the_most_outlying_lesion_is_marked_and_the_order_says_so(tiny_model_dir, patient,
+                                                                                   monkeypatch):
+    from inference import patient as patient_context
+
+    monkeypatch.setattr(patient_context, "FLAG_OUTLIERS", True)
+    result = Predictor.from_pretrained(tiny_model_dir).predict_patient(list(patient.path))
+    lesions = result["lesions"]
+    flagged = [x for x in lesions if x["context"]["flagged"]]
+    assert len(flagged) == 1 and flagged[0]["context"]["outlier"] == max(x["context"]["outlier"] for x in lesions)
+    assert "◆" in result["order"] and "not a diagnosis" in result["order"]
+    probs = [x["melanoma_probability"] for x in sorted(lesions, key=lambda x: x["context"]["rank"])]
+    assert probs == sorted(probs, reverse=True)  # the flag marks; it does not reorder
+    few = Predictor.from_pretrained(tiny_model_dir).predict_patient(list(patient.path[:2]))
+    assert not any(x["context"]["flagged"] for x in few["lesions"])  # no comparison, no flag
 
 
 def test_too_few_lesions_say_how_many_more(tiny_model_dir, patient):
@@ -129,17 +148,22 @@ def test_the_decision_follows_the_intervals_and_readme_states_the_one_the_code_a
     from inference.patient import FLAG_OUTLIERS
     from studies.patients import decision, readme_block
 
-    def figures(outlier_low: float, auc_low: float) -> dict:
-        return {"ranks": {"outlier_mrr_over_chance_95ci": [outlier_low, 0.2]},
+    def figures(outlier_low: float, auc_low: float, combined_low: float = -0.03) -> dict:
+        return {"ranks": {"outlier_mrr_over_chance_95ci": [outlier_low, 0.2],
+                          "outlier_minus_probability_mrr_95ci": [-0.1, 0.1],
+                          "combined_minus_probability_mrr_95ci": [combined_low, 0.1]},
                 "context_minus_probability_auc_95ci": [auc_low, 0.1]}
 
     assert "no lesion is flagged" in decision(figures(-0.01, -0.02)) and "stays the lesion's own" in \
         decision(figures(-0.01, -0.02))
     assert "may be flagged" in decision(figures(0.01, -0.02)) and "may replace" in decision(figures(-0.01, 0.02))
+    assert "order stays by probability" in decision(figures(0.01, -0.02))
+    assert "the combined order beats probability's" in decision(figures(0.01, -0.02, combined_low=0.01))
     head, tail = readme_block(REPO / "README.md")
     block = (REPO / "README.md").read_text()[len(head):-len(tail)]
     assert "python -m studies.patients --models" in block and "Decision:" in block
     assert ("no lesion is flagged" in block) == (not FLAG_OUTLIERS)  # the code applies what README's table decided
+    assert "order stays by probability" in block  # the code orders by probability (inference.patient)
     (tmp_path / "R.md").write_text("# no block\n")
     with pytest.raises(ValueError, match="no '<!-- studies.patients -->' line"):
         readme_block(tmp_path / "R.md")
